@@ -1,0 +1,197 @@
+"""Export: an open_clip / MobileCLIP checkpoint to a bundle (encoder files + manifest), with a parity report."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip._version import __version__
+from edgeclip.errors import ExportError, UsageError
+from edgeclip.export.options import FP32_MIN_COSINE, Encoders, ExportOptions
+from edgeclip.export.targets import get_target, list_targets
+from edgeclip.runtimes.backends import RuntimeOptions, backend_for_target
+from edgeclip.runtimes.bundle import sha256_file
+from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec, SourceModel
+
+__all__ = ["ExportResult", "export_bundle", "list_targets"]
+
+StepCallback = Callable[[str], None]
+PARITY_REFERENCE = "pytorch fp32, eval mode, before reparameterization"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The written bundle, its manifest and how long each step took (seconds)."""
+
+    path: Path
+    manifest: BundleManifest
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _check_output(output: Path, force: bool) -> None:
+    if output.exists() or output.is_symlink():
+        if not force:
+            raise UsageError(f"output {output} exists: pass --force to overwrite it")
+        is_bundle = output.is_dir() and (output / MANIFEST_NAME).is_file()
+        is_empty_dir = output.is_dir() and not any(output.iterdir())
+        if not (is_bundle or is_empty_dir):
+            raise UsageError(f"output {output} exists and is not a bundle: refusing to overwrite it, even with --force")
+
+
+def _make_staging_dir(output: Path) -> Path:
+    """A temporary folder beside the output, so the final rename stays on one filesystem."""
+    parent = output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = parent / f".{output.name}.partial-{time.time_ns()}"
+        staging.mkdir()
+    except OSError as e:
+        raise ExportError(f"cannot write the output {output}: {e.strerror or e}") from None
+    return staging
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Move the finished bundle into place; an old bundle is only removed once the new one is there."""
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{time.time_ns()}"
+        output.rename(old)
+    staging.rename(output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _reparameterized_copy(model):
+    """Eval-mode copy with MobileOne/RepMixer train-time branches folded; the caller's model is untouched."""
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(model.eval(), inplace=False).eval()
+
+
+def export_bundle(
+    model: str,
+    pretrained: str | None = None,
+    output: str | Path = "model.edgeclip",
+    *,
+    target: str = "onnx",
+    precision: str = "fp32",
+    random_init: bool = False,
+    preprocess: dict[str, Any] | None = None,
+    opset: int | None = None,
+    force: bool = False,
+    on_step: StepCallback | None = None,
+) -> ExportResult:
+    """Load, reparameterize, split and convert a CLIP model, check parity, and write a bundle atomically."""
+    import torch
+
+    from edgeclip.export import parity
+    from edgeclip.export.tokenizer import write_tokenizer
+    from edgeclip.models.encoders import ImageEncoder, TextEncoder
+    from edgeclip.models.loading import check_architecture, load_model
+    from edgeclip.models.preprocess import preprocess_spec_for
+    from edgeclip.runtimes.preprocess import preprocess as preprocess_images
+    from edgeclip.runtimes.tokenizer import Tokenizer
+
+    step = on_step or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    # Validate everything the user asked for before any heavy work.
+    spec = get_target(target).spec
+    if precision not in spec.precisions:
+        choices = ", ".join(spec.precisions)
+        raise UsageError(f"target {target!r} does not support precision {precision!r}: expected {choices}")
+    architecture = check_architecture(model)
+    output = Path(output)
+    _check_output(output, force)
+    preprocess_spec, preprocess_source = preprocess_spec_for(architecture, pretrained, preprocess)
+    options = ExportOptions(target=target, precision=precision, opset=opset, min_cosine=FP32_MIN_COSINE)
+
+    staging = _make_staging_dir(output)
+    try:
+        step(f"loading {architecture} ({'random weights' if random_init else pretrained})")
+        loaded = load_model(architecture, pretrained, random_init=random_init)
+        weights_sha = loaded.weights_sha256()
+        lap("load")
+
+        step("writing tokenizer data")
+        tokenizer_spec = write_tokenizer(architecture, staging / "tokenizer.json")
+        tokenizer = Tokenizer.from_file(staging / "tokenizer.json", tokenizer_spec)
+
+        step("reparameterizing (folding train-time branches)")
+        deploy = _reparameterized_copy(loaded.model)
+        images = parity.sample_images()
+        pixels = preprocess_images(images, preprocess_spec)
+        tokens = tokenizer.encode(list(parity.SAMPLE_TEXTS))
+        encoders = Encoders(
+            image=ImageEncoder(deploy).eval(),
+            text=TextEncoder(deploy).eval(),
+            image_example=torch.from_numpy(pixels[:2]),
+            text_example=torch.from_numpy(tokens[:2]),
+        )
+        lap("reparameterize")
+
+        step(f"exporting encoders to {target}")
+        files = get_target(target).export(encoders, staging, options)
+        lap("convert")
+
+        step("measuring parity against PyTorch")
+        backend = backend_for_target(target)
+        reference = {"image": ImageEncoder(loaded.model).eval(), "text": TextEncoder(loaded.model).eval()}
+        batches = {"image": pixels, "text": tokens}
+        encoder_specs = {}
+        for role, file in (("image", files.image), ("text", files.text)):
+            draft = EncoderSpec(file.file, sha256_file(staging / file.file), file.inputs, file.outputs)
+            runner = backend.factory(staging / file.file, draft, RuntimeOptions())
+            report = parity.measure(reference[role], runner, file.inputs[0].name, batches[role], PARITY_REFERENCE)
+            if report.min_cosine < options.min_cosine:
+                raise ExportError(
+                    f"{role} encoder parity failed: min cosine {report.min_cosine:.6f} < {options.min_cosine} "
+                    f"over {report.samples} samples (max abs diff {report.max_abs_diff:.2e})"
+                )
+            encoder_specs[role] = EncoderSpec(draft.file, draft.sha256, draft.inputs, draft.outputs, report)
+        lap("parity")
+
+        with torch.no_grad():
+            embed_dim = int(encoders.image(encoders.image_example[:1]).shape[-1])
+        manifest = BundleManifest(
+            source=SourceModel(
+                architecture=architecture,
+                pretrained=Path(pretrained).name if pretrained and loaded.checkpoint_sha256 else pretrained,
+                checkpoint_sha256=loaded.checkpoint_sha256,
+                weights_sha256=weights_sha,
+                random_init=random_init,
+            ),
+            target=target,
+            precision=precision,
+            embed_dim=embed_dim,
+            logit_scale=float(np.exp(loaded.model.logit_scale.detach().float().numpy()).item()),
+            encoders=encoder_specs,
+            preprocess=preprocess_spec,
+            preprocess_source=preprocess_source,
+            tokenizer=tokenizer_spec,
+            edgeclip_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            target_info=dict(files.target_info),
+        )
+        (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        _publish(staging, output)
+        lap("write")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    step(f"wrote {output}")
+    return ExportResult(output, manifest, timings)

@@ -1,0 +1,52 @@
+"""Immutable inputs and outputs of an export target: the encoders to convert, the options, the files written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from edgeclip.runtimes.manifest import TensorSpec
+
+# fp32 exports must reproduce PyTorch at least this closely (cosine over real photos and strings).
+FP32_MIN_COSINE = 0.9999
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """Reparameterized, eval-mode image and text encoders with an example input each."""
+
+    image: nn.Module
+    text: nn.Module
+    image_example: torch.Tensor
+    text_example: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the user asked of the target (validated against its spec before any work)."""
+
+    target: str = "onnx"
+    precision: str = "fp32"
+    opset: int | None = None
+    min_cosine: float = FP32_MIN_COSINE
+    target_options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncoderFile:
+    """One file a target wrote, relative to the bundle, with its input and output tensors."""
+
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class EncoderFiles:
+    """The image and text encoder files a target wrote, plus facts the manifest should carry."""
+
+    image: EncoderFile
+    text: EncoderFile
+    target_info: dict[str, object] = field(default_factory=dict)

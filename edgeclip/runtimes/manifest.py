@@ -1,0 +1,256 @@
+"""The bundle manifest: the one contract between the export side and the runtime side."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from edgeclip.errors import BundleError
+from edgeclip.runtimes.preprocess import PreprocessSpec
+from edgeclip.runtimes.tokenizer import TokenizerSpec
+
+MANIFEST_NAME = "manifest.json"
+# Major bumps break readers; minor bumps only add optional fields.
+FORMAT_VERSION = "1.0"
+ENCODER_ROLES = ("image", "text")
+
+
+def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise BundleError(f"manifest {where} lacks the field {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        names = "/".join(k.__name__ for k in _as_tuple(kind))
+        raise BundleError(f"manifest {where}.{key} is {value!r}: expected {names}")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def check_relative_path(path: str, where: str) -> str:
+    """Reject manifest paths that are absolute or climb out of the bundle folder."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or "\\" in path or ".." in pure.parts or ":" in pure.parts[0]:
+        raise BundleError(f"manifest {where} path {path!r} escapes the bundle: expected a relative path inside it")
+    return path
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (ints, or strings for dynamic axes) and dtype of one encoder input or output."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> TensorSpec:
+        shape = _require(data, "shape", list, where)
+        if not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in shape):
+            raise BundleError(f"manifest {where}.shape is {shape!r}: expected ints or axis names")
+        return cls(_require(data, "name", str, where), tuple(shape), _require(data, "dtype", str, where))
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How closely an exported encoder reproduced PyTorch at export time, on real sample inputs."""
+
+    reference: str
+    samples: int
+    min_cosine: float
+    mean_cosine: float
+    max_abs_diff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "samples": self.samples,
+            "min_cosine": self.min_cosine,
+            "mean_cosine": self.mean_cosine,
+            "max_abs_diff": self.max_abs_diff,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> ParityReport:
+        return cls(
+            reference=_require(data, "reference", str, where),
+            samples=_require(data, "samples", int, where),
+            min_cosine=float(_require(data, "min_cosine", (int, float), where)),
+            mean_cosine=float(_require(data, "mean_cosine", (int, float), where)),
+            max_abs_diff=float(_require(data, "max_abs_diff", (int, float), where)),
+        )
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One exported encoder: its file (relative to the bundle), sha256, inputs, outputs and parity."""
+
+    file: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parity: ParityReport | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "parity": self.parity.to_dict() if self.parity else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> EncoderSpec:
+        parity = data.get("parity")
+        return cls(
+            file=check_relative_path(_require(data, "file", str, where), f"{where}.file"),
+            sha256=_require(data, "sha256", str, where),
+            inputs=tuple(
+                TensorSpec.from_dict(t, f"{where}.inputs[{i}]")
+                for i, t in enumerate(_require(data, "inputs", list, where))
+            ),
+            outputs=tuple(
+                TensorSpec.from_dict(t, f"{where}.outputs[{i}]")
+                for i, t in enumerate(_require(data, "outputs", list, where))
+            ),
+            parity=ParityReport.from_dict(parity, f"{where}.parity") if parity else None,
+        )
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """Where the weights came from: open_clip architecture, pretrained tag or file, and hashes."""
+
+    architecture: str
+    pretrained: str | None
+    checkpoint_sha256: str | None
+    weights_sha256: str
+    random_init: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "pretrained": self.pretrained,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "weights_sha256": self.weights_sha256,
+            "random_init": self.random_init,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> SourceModel:
+        return cls(
+            architecture=_require(data, "architecture", str, where),
+            pretrained=data.get("pretrained"),
+            checkpoint_sha256=data.get("checkpoint_sha256"),
+            weights_sha256=_require(data, "weights_sha256", str, where),
+            random_init=_require(data, "random_init", bool, where),
+        )
+
+    @property
+    def model_id(self) -> str:
+        """Identity of the weights, which heads are bound to: architecture plus a weights digest."""
+        return f"{self.architecture}@{self.weights_sha256[:16]}"
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """Everything a device needs to use a bundle's files correctly; written as manifest.json."""
+
+    source: SourceModel
+    target: str
+    precision: str
+    embed_dim: int
+    logit_scale: float
+    encoders: dict[str, EncoderSpec]
+    preprocess: PreprocessSpec
+    tokenizer: TokenizerSpec
+    edgeclip_version: str
+    created: str
+    format_version: str = FORMAT_VERSION
+    preprocess_source: str = ""
+    calibration: dict[str, Any] | None = None
+    target_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return self.source.model_id
+
+    def files(self) -> list[str]:
+        """Relative paths of every file the manifest names."""
+        return [enc.file for enc in self.encoders.values()] + [self.tokenizer.file]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "edgeclip_version": self.edgeclip_version,
+            "created": self.created,
+            "model_id": self.model_id,
+            "source": self.source.to_dict(),
+            "target": self.target,
+            "precision": self.precision,
+            "embed_dim": self.embed_dim,
+            "logit_scale": self.logit_scale,
+            "encoders": {role: enc.to_dict() for role, enc in self.encoders.items()},
+            "preprocess": self.preprocess.to_dict(),
+            "preprocess_source": self.preprocess_source,
+            "tokenizer": self.tokenizer.to_dict(),
+            "calibration": self.calibration,
+            "target_info": self.target_info,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleManifest:
+        if not isinstance(data, dict):
+            raise BundleError("manifest is not a JSON object")
+        version = _require(data, "format_version", str, "")
+        major = version.split(".")[0]
+        if not major.isdigit():
+            raise BundleError(f"manifest format_version {version!r} is not of the form MAJOR.MINOR")
+        if int(major) > int(FORMAT_VERSION.split(".")[0]):
+            raise BundleError(
+                f"manifest format_version {version} is newer than this edgeclip reads ({FORMAT_VERSION}): "
+                "upgrade edgeclip"
+            )
+        encoders_data = _require(data, "encoders", dict, "")
+        encoders = {}
+        for role in ENCODER_ROLES:
+            if role not in encoders_data:
+                raise BundleError(f"manifest encoders lacks the {role!r} encoder")
+            encoders[role] = EncoderSpec.from_dict(encoders_data[role], f"encoders.{role}")
+        tokenizer = TokenizerSpec.from_dict(_require(data, "tokenizer", dict, ""))
+        check_relative_path(tokenizer.file, "tokenizer.file")
+        return cls(
+            source=SourceModel.from_dict(_require(data, "source", dict, ""), "source"),
+            target=_require(data, "target", str, ""),
+            precision=_require(data, "precision", str, ""),
+            embed_dim=_require(data, "embed_dim", int, ""),
+            logit_scale=float(_require(data, "logit_scale", (int, float), "")),
+            encoders=encoders,
+            preprocess=PreprocessSpec.from_dict(_require(data, "preprocess", dict, "")),
+            tokenizer=tokenizer,
+            edgeclip_version=_require(data, "edgeclip_version", str, ""),
+            created=_require(data, "created", str, ""),
+            format_version=version,
+            preprocess_source=data.get("preprocess_source") or "",
+            calibration=data.get("calibration"),
+            target_info=data.get("target_info") or {},
+        )
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MANIFEST_NAME) -> BundleManifest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{where} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        return cls.from_dict(data)
