@@ -306,7 +306,8 @@ def info(bundle: Path, verify: bool, as_json: bool) -> None:
                 f"max abs diff {q.max_abs_diff:.2e} ({q.samples} samples vs {q.reference})"
             )
     click.echo(f"heads      {', '.join(summary['heads']) or 'none'}")
-    click.echo(f"written by edgeclip {m.edgeclip_version} on {m.created}; files {'verified' if verify else 'not verified'}")
+    checked = "verified" if verify else "not verified"
+    click.echo(f"written by edgeclip {m.edgeclip_version} on {m.created}; files {checked}")
 
 
 # --- heads ------------------------------------------------------------------------------------------

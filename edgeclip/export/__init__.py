@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -75,6 +76,34 @@ def _reparameterized_copy(model):
     return reparameterize_model(model.eval(), inplace=False).eval()
 
 
+def _software_versions() -> dict[str, str]:
+    """Versions that decide the exported numbers and token ids (ftfy changes text cleaning between versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("torch", "open_clip_torch", "timm", "onnx", "onnxruntime", "tokenizers", "ftfy"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[package] = version(package)
+    return found
+
+
+def _check_runs(encoders: Encoders, architecture: str, image_size: tuple[int, int]) -> None:
+    """Run both encoders once in PyTorch so that a shape the model cannot take fails here, clearly."""
+    import torch
+
+    for role, module, example in (
+        ("image", encoders.image, encoders.image_example),
+        ("text", encoders.text, encoders.text_example),
+    ):
+        try:
+            with torch.no_grad():
+                module(example)
+        except Exception as e:  # any failure inside the model's forward; reported as one line
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            where = f" at image size {image_size[0]}x{image_size[1]}" if role == "image" else ""
+            raise ExportError(f"{architecture} {role} encoder cannot run{where}: {detail}") from None
+
+
 def export_bundle(
     model: str,
     pretrained: str | None = None,
@@ -142,6 +171,7 @@ def export_bundle(
             image_example=torch.from_numpy(pixels[:2]),
             text_example=torch.from_numpy(tokens[:2]),
         )
+        _check_runs(encoders, architecture, preprocess_spec.image_size)
         lap("reparameterize")
 
         step(f"exporting encoders to {target}")
@@ -185,7 +215,7 @@ def export_bundle(
             tokenizer=tokenizer_spec,
             edgeclip_version=__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            target_info=dict(files.target_info),
+            target_info={**files.target_info, "exported_with": _software_versions()},
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _publish(staging, output)
