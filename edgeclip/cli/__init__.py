@@ -1,0 +1,139 @@
+"""The `edgeclip` command line: parse, call one library function, format the result.
+
+One module per command group; each registers its commands on `cli` when imported below.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeclip import errors
+from edgeclip._version import __version__
+
+
+class EdgeclipGroup(click.Group):
+    """Translates library errors at one place: usage errors exit 2, every other edgeclip error exits 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.UsageError as e:
+            raise click.UsageError(str(e)) from None
+        except errors.EdgeclipError as e:
+            raise click.ClickException(str(e)) from None
+
+
+# --- parameter types: validate at the parameter, so bad values fail before any work -----------------
+
+
+class CommaList(click.ParamType):
+    """`a,b,c` or `@file` (one item per line) as a list of non-empty strings."""
+
+    name = "LIST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        if value.startswith("@"):
+            path = Path(value[1:])
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as e:
+                self.fail(f"cannot read {path}: {e.strerror or e}", param, ctx)
+            return [line.strip() for line in lines if line.strip()]
+        return [item.strip() for item in value.split(",")]
+
+
+class FloatTriple(click.ParamType):
+    """`0.5,0.5,0.5` (or one number for all three channels)."""
+
+    name = "R,G,B"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(v) for v in value.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a number or three comma-separated numbers", param, ctx)
+        if len(numbers) == 1:
+            numbers *= 3
+        if len(numbers) != 3:
+            self.fail(f"{value!r} has {len(numbers)} numbers: expected 1 or 3", param, ctx)
+        return numbers
+
+
+class ImageSize(click.ParamType):
+    """`256` or `256x192` (height x width)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = tuple(int(v) for v in value.lower().split("x"))
+        except ValueError:
+            self.fail(f"{value!r} is not a size: expected 256 or 256x192", param, ctx)
+        if len(parts) == 1:
+            parts *= 2
+        if len(parts) != 2 or min(parts) < 1:
+            self.fail(f"{value!r} is not a size: expected 256 or 256x192", param, ctx)
+        return parts
+
+
+def quiet_option(fn: Callable) -> Callable:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bar or step messages.")(fn)
+
+
+def json_option(fn: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")(fn)
+
+
+def runtime_options(fn: Callable) -> Callable:
+    fn = click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runtime.")(fn)
+    fn = click.option(
+        "--provider",
+        "providers",
+        multiple=True,
+        help="ONNX Runtime execution provider, best first (repeatable); default CPUExecutionProvider.",
+    )(fn)
+    return fn
+
+
+def show_progress(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@click.group(cls=EdgeclipGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="edgeclip")
+def cli() -> None:
+    """Take CLIP-class models to phones and edge devices, and prove the deployed model is still the model.
+
+    \b
+    Example:
+      edgeclip export --model MobileCLIP2-S0 --random-init --output mc2s0.edgeclip
+      edgeclip info mc2s0.edgeclip
+    """
+
+
+# Importing a command module registers its commands on `cli`.
+from edgeclip.cli import bundle as _bundle  # noqa: E402, F401
+from edgeclip.cli import export as _export  # noqa: E402, F401
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="edgeclip")
+
+

@@ -1,0 +1,218 @@
+"""Commands that use a bundle: `info`, `heads`, `classify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeclip.cli import (
+    CommaList,
+    EdgeclipGroup,
+    cli,
+    emit_json,
+    json_option,
+    quiet_option,
+    runtime_options,
+    show_progress,
+)
+
+# --- info -------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check file sha256 sums.")
+@json_option
+def info(bundle: Path, verify: bool, as_json: bool) -> None:
+    """Show what a bundle holds: model, target, preprocessing, tokenizer, files, parity and heads.
+
+    \b
+    Example:
+      edgeclip info mc2s0.edgeclip
+    """
+    from edgeclip.runtimes import load_bundle
+
+    b = load_bundle(bundle, verify=verify)
+    summary = b.summary()
+    if as_json:
+        emit_json(summary)
+        return
+    m = b.manifest
+    src = m.source
+    click.echo(f"bundle     {b.path}")
+    click.echo(f"model      {src.architecture}  weights: {src.pretrained or '-'}  id: {m.model_id}")
+    if src.random_init:
+        click.echo("           random weights (exported with --random-init): structure and speed demo only")
+    click.echo(f"target     {m.target} {m.precision}  embed dim {m.embed_dim}  logit scale {m.logit_scale:.2f}")
+    p = m.preprocess
+    click.echo(
+        f"preprocess {p.image_size[0]}x{p.image_size[1]} {p.resize_mode} {p.interpolation}  "
+        f"mean {list(p.mean)} std {list(p.std)}  ({m.preprocess_source})"
+    )
+    t = m.tokenizer
+    click.echo(f"tokenizer  {t.kind} ({t.file}), context length {t.context_length}")
+    for role, enc in m.encoders.items():
+        ins = ", ".join(f"{i.name} {list(i.shape)} {i.dtype}" for i in enc.inputs)
+        size = summary["files"][enc.file] / 1e6
+        click.echo(f"{role:<10} {enc.file} ({size:.1f} MB)  in: {ins}")
+        if enc.parity:
+            q = enc.parity
+            click.echo(
+                f"           parity: min cosine {q.min_cosine:.6f}, mean {q.mean_cosine:.6f}, "
+                f"max abs diff {q.max_abs_diff:.2e} ({q.samples} samples vs {q.reference})"
+            )
+    click.echo(f"heads      {', '.join(summary['heads']) or 'none'}")
+    checked = "verified" if verify else "not verified"
+    click.echo(f"written by edgeclip {m.edgeclip_version} on {m.created}; files {checked}")
+
+
+# --- heads ------------------------------------------------------------------------------------------
+
+
+@cli.group(cls=EdgeclipGroup)
+def heads() -> None:
+    """Manage precomputed label heads stored in a bundle.
+
+    \b
+    Example:
+      edgeclip heads add mc2s0.edgeclip --name pets --labels cat,dog,hamster --templates openai
+    """
+
+
+@heads.command("add")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Head name (letters, digits, '_', '-', '.').")
+@click.option("--labels", required=True, type=CommaList(), help="Comma-separated labels, or @file with one per line.")
+@click.option("--templates", default="openai", show_default=True, help="openai (80), simple (7) or @file.")
+@click.option("--force", is_flag=True, help="Replace a head of the same name.")
+@quiet_option
+@json_option
+def heads_add(bundle: Path, name: str, labels: list[str], templates: str, force: bool, quiet: bool, as_json: bool):
+    """Embed labels x templates with the bundle's text encoder and store them as a zero-shot head.
+
+    \b
+    Example:
+      edgeclip heads add mc2s0.edgeclip --name pets --labels cat,dog,hamster --templates simple
+    """
+    from edgeclip.runtimes import build_zero_shot_head, load_bundle
+
+    b = load_bundle(bundle)
+    head = build_zero_shot_head(b, labels, _templates(templates), name, progress=show_progress(quiet))
+    path = b.save_head(head, force=force)
+    if as_json:
+        emit_json({"path": str(path), "labels": list(head.labels), "templates": len(head.templates)})
+    else:
+        click.echo(f"wrote {path}: {len(head.labels)} labels x {len(head.templates)} templates")
+
+
+def _templates(value: str) -> str | list[str]:
+    if value.startswith("@"):
+        return CommaList().convert(value, None, None)
+    return value
+
+
+@heads.command("list")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@json_option
+def heads_list(bundle: Path, as_json: bool) -> None:
+    """List the heads stored in a bundle.
+
+    \b
+    Example:
+      edgeclip heads list mc2s0.edgeclip
+    """
+    from edgeclip.runtimes import load_bundle
+
+    b = load_bundle(bundle)
+    rows = []
+    for name in b.head_names():
+        h = b.load_head(name)
+        rows.append({"name": name, "kind": h.kind, "labels": list(h.labels), "templates": len(h.templates)})
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        shown = ", ".join(r["labels"][:8]) + (" …" if len(r["labels"]) > 8 else "")
+        click.echo(f"{r['name']:<20} {r['kind']:<10} {len(r['labels'])} labels ({shown}), {r['templates']} templates")
+    if not rows:
+        click.echo("no heads")
+
+
+@heads.command("remove")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("name")
+def heads_remove(bundle: Path, name: str) -> None:
+    """Delete a head from a bundle.
+
+    \b
+    Example:
+      edgeclip heads remove mc2s0.edgeclip pets
+    """
+    from edgeclip.runtimes import load_bundle
+
+    path = load_bundle(bundle).remove_head(name)
+    click.echo(f"removed {path}")
+
+
+# --- classify ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--head", help="A head stored in the bundle (see `edgeclip heads list`).")
+@click.option("--labels", type=CommaList(), help="Comma-separated labels (or @file), embedded on the fly.")
+@click.option("--templates", default="openai", show_default=True, help="With --labels: openai, simple or @file.")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Labels shown per image.")
+@click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on, instead of stopping.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@runtime_options
+@quiet_option
+@json_option
+def classify(
+    bundle: Path,
+    images: tuple[Path, ...],
+    head: str | None,
+    labels: list[str] | None,
+    templates: str,
+    top_k: int,
+    skip_bad: bool,
+    batch_size: int,
+    providers: tuple[str, ...],
+    threads: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Zero-shot classify images (files or folders) with a stored head or labels.
+
+    \b
+    Examples:
+      edgeclip classify mc2s0.edgeclip photos/*.jpg --head pets
+      edgeclip classify mc2s0.edgeclip photos/ --labels "cat,dog" --top-k 1 --json
+    """
+    from edgeclip.data.images import expand_image_paths
+    from edgeclip.runtimes import ZeroShotClassifier, load_bundle
+
+    if (head is None) == (labels is None):
+        raise click.UsageError("give --head NAME or --labels a,b,c (one of them)")
+    paths = expand_image_paths(images)
+    b = load_bundle(bundle, providers=providers or None, threads=threads)
+    clf = ZeroShotClassifier(b, labels=labels, templates=_templates(templates), head=head)
+    predictions = clf.predict_many(
+        paths, top_k=top_k, skip_bad=skip_bad, batch_size=batch_size, progress=show_progress(quiet)
+    )
+    if as_json:
+        emit_json([p.to_dict() for p in predictions])
+    else:
+        width = max(len(p.source) for p in predictions)
+        for p in predictions:
+            if p.error:
+                click.echo(f"{p.source:<{width}}  skipped: {p.error}")
+            else:
+                click.echo(f"{p.source:<{width}}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in p.ranked))
+    bad = sum(1 for p in predictions if p.error)
+    if bad and not quiet:
+        click.echo(f"{bad} of {len(predictions)} images could not be read and were skipped", err=True)
+
+
