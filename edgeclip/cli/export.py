@@ -17,14 +17,6 @@ from edgeclip.cli import (
     show_progress,
 )
 
-# --- export -----------------------------------------------------------------------------------------
-
-
-def _target_names() -> list[str]:
-    from edgeclip.export.targets import list_targets
-
-    return [spec.name for spec in list_targets()]
-
 
 @cli.command()
 @click.option("--model", "-m", required=True, help="open_clip architecture, e.g. MobileCLIP2-S0 or ViT-B-32.")
