@@ -29,3 +29,7 @@ class ExportError(EdgeclipError):
 
 class TokenizerError(EdgeclipError):
     """Tokenizer data could not be built or loaded."""
+
+
+class RuntimeUnavailable(EdgeclipError):
+    """A runtime cannot run on this machine (CoreML off Apple platforms, TensorRT without an NVIDIA GPU)."""

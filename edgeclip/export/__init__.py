@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from edgeclip._version import __version__
-from edgeclip.errors import ExportError, UsageError
-from edgeclip.export.options import FP32_MIN_COSINE, Encoders, ExportOptions
+from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
+from edgeclip.export.options import PARITY_FLOORS, Encoders, ExportOptions
 from edgeclip.export.targets import get_target, list_targets
 from edgeclip.runtimes.backends import RuntimeOptions, backend_for_target
-from edgeclip.runtimes.bundle import sha256_file
+from edgeclip.runtimes.bundle import sha256_path
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec, SourceModel
 
 __all__ = ["ExportResult", "export_bundle", "list_targets"]
@@ -114,6 +114,7 @@ def export_bundle(
     random_init: bool = False,
     preprocess: dict[str, Any] | None = None,
     opset: int | None = None,
+    target_options: dict[str, Any] | None = None,
     force: bool = False,
     on_step: StepCallback | None = None,
 ) -> ExportResult:
@@ -147,7 +148,13 @@ def export_bundle(
     output = Path(output)
     _check_output(output, force)
     preprocess_spec, preprocess_source = preprocess_spec_for(architecture, pretrained, preprocess)
-    options = ExportOptions(target=target, precision=precision, opset=opset, min_cosine=FP32_MIN_COSINE)
+    options = ExportOptions(
+        target=target,
+        precision=precision,
+        opset=opset,
+        min_cosine=PARITY_FLOORS.get(precision, PARITY_FLOORS["fp32"]),
+        target_options=dict(target_options or {}),
+    )
 
     staging = _make_staging_dir(output)
     try:
@@ -183,9 +190,16 @@ def export_bundle(
         reference = {"image": ImageEncoder(loaded.model).eval(), "text": TextEncoder(loaded.model).eval()}
         batches = {"image": pixels, "text": tokens}
         encoder_specs = {}
+        parity_skipped = None
         for role, file in (("image", files.image), ("text", files.text)):
-            draft = EncoderSpec(file.file, sha256_file(staging / file.file), file.inputs, file.outputs)
-            runner = backend.factory(staging / file.file, draft, RuntimeOptions())
+            draft = EncoderSpec(file.file, sha256_path(staging / file.file), file.inputs, file.outputs)
+            try:
+                runner = backend.factory(staging / file.file, draft, RuntimeOptions())
+            except RuntimeUnavailable as e:
+                # The target's runtime cannot run here (e.g. CoreML on Linux): say so in the manifest.
+                parity_skipped = str(e)
+                encoder_specs[role] = draft
+                continue
             report = parity.measure(reference[role], runner, file.inputs[0].name, batches[role], PARITY_REFERENCE)
             if report.min_cosine < options.min_cosine:
                 raise ExportError(
@@ -215,7 +229,11 @@ def export_bundle(
             tokenizer=tokenizer_spec,
             edgeclip_version=__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            target_info={**files.target_info, "exported_with": _software_versions()},
+            target_info={
+                **files.target_info,
+                "exported_with": _software_versions(),
+                **({"parity_skipped": parity_skipped} if parity_skipped else {}),
+            },
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _publish(staging, output)

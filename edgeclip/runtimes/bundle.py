@@ -26,6 +26,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a package folder (e.g. .mlpackage) over its sorted relative paths and contents."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\0" + sha256_file(item).encode())
+    return digest.hexdigest()
+
+
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -159,7 +169,7 @@ class Bundle:
     def verify(self) -> None:
         """Check every file the manifest names against its recorded sha256."""
         for role, spec in self.manifest.encoders.items():
-            actual = sha256_file(self.file(spec.file))
+            actual = sha256_path(self.file(spec.file))
             if actual != spec.sha256:
                 raise BundleError(f"{self.path / spec.file}: sha256 {actual[:12]}… differs from the manifest's "
                                   f"{spec.sha256[:12]}… ({role} encoder changed or corrupt)")
