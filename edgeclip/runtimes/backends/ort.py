@@ -21,15 +21,21 @@ def available_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def _session_options(threads: int | None):  # -> onnxruntime.SessionOptions
+def session_options(threads: int | None):  # -> onnxruntime.SessionOptions
+    """CPU settings for latency at small batch, measured on MobileCLIP2-S0 (benchmarks/explore_onnx_speed.py)."""
     import onnxruntime
 
     opts = onnxruntime.SessionOptions()
+    # ENABLE_ALL adds the NCHWc layout transform (blocked AVX2/AVX-512 convs): 29 ms vs 43 ms at EXTENDED on the
+    # MobileCLIP2-S0 image tower. It is hardware-specific, so it is applied at load and never saved in a bundle.
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The encoders are one chain of ops: a second (inter-op) pool only fights the intra-op pool for the cores.
+    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     if threads is not None:
         opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+    # ORT's default intra-op spinning stays on: -15% latency on an idle machine, slower where cores are shared.
     return opts
 
 
@@ -51,7 +57,7 @@ class OnnxRuntimeBackend:
             )
         try:
             self.session = onnxruntime.InferenceSession(
-                str(path), sess_options=_session_options(options.threads), providers=providers
+                str(path), sess_options=session_options(options.threads), providers=providers
             )
         except Exception as e:  # onnxruntime raises its own exception types, one per failure kind
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

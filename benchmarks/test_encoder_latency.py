@@ -1,0 +1,100 @@
+"""MobileCLIP2-S0 encoders at batch 1, 2 threads: open_clip eager (as users get it), eager reparameterized,
+the edgeclip ONNX bundle, and OpenVINO fp32 on the same ONNX file as the peer to beat.
+
+Run: .venv/bin/python -m pytest benchmarks/test_encoder_latency.py --benchmark-only
+Goal (issue 2): bundle >= 2.5x faster than open_clip eager, and no slower than 1.2x OpenVINO.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.conftest import THREADS
+
+ARCH = "MobileCLIP2-S0"
+ROUNDS = dict(rounds=30, warmup_rounds=5, iterations=1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    """Random-weight MobileCLIP2-S0 written to a checkpoint, exported, and one real photo and caption as input."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+    from skimage import data
+
+    from edgeclip.export import export_bundle
+    from edgeclip.runtimes import load_bundle
+    from edgeclip.runtimes.preprocess import preprocess
+
+    torch.set_num_threads(THREADS)
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    model = open_clip.create_model(ARCH, pretrained=None).eval()
+    ckpt = root / "mc2s0.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    bundle_path = export_bundle(ARCH, str(ckpt), root / "mc2s0.edgeclip").path
+    bundle = load_bundle(bundle_path, threads=THREADS)
+    pixels = preprocess([data.astronaut()], bundle.manifest.preprocess)
+    tokens = bundle.tokenizer.encode(["a photo of an astronaut floating above the earth"])
+    return {"model": model, "bundle": bundle, "path": Path(bundle_path), "pixels": pixels, "tokens": tokens}
+
+
+def _eager(model, role: str, setup):
+    import torch
+
+    x = torch.from_numpy(setup["pixels"] if role == "image" else setup["tokens"])
+    fn = model.encode_image if role == "image" else model.encode_text
+
+    def run():
+        with torch.inference_mode():
+            return fn(x)
+
+    return run
+
+
+@pytest.mark.parametrize("role", ["image", "text"])
+def test_open_clip_eager(benchmark, setup, role: str) -> None:
+    benchmark.group = f"{ARCH} {role} encoder, batch 1, {THREADS} threads"
+    benchmark.extra_info["baseline"] = True
+    benchmark.pedantic(_eager(setup["model"], role, setup), **ROUNDS)
+
+
+@pytest.mark.parametrize("role", ["image", "text"])
+def test_open_clip_eager_reparameterized(benchmark, setup, role: str) -> None:
+    from timm.utils.model import reparameterize_model
+
+    benchmark.group = f"{ARCH} {role} encoder, batch 1, {THREADS} threads"
+    model = reparameterize_model(setup["model"], inplace=False).eval()
+    benchmark.pedantic(_eager(model, role, setup), **ROUNDS)
+
+
+@pytest.mark.parametrize("role", ["image", "text"])
+def test_edgeclip_onnx_bundle(benchmark, setup, role: str) -> None:
+    benchmark.group = f"{ARCH} {role} encoder, batch 1, {THREADS} threads"
+    bundle = setup["bundle"]
+    encoder = bundle.encoder(role)
+    name = bundle.manifest.encoders[role].inputs[0].name
+    x = setup["pixels"] if role == "image" else setup["tokens"]
+    benchmark.pedantic(lambda: encoder.run({name: x}), **ROUNDS)
+
+
+@pytest.mark.parametrize("role", ["image", "text"])
+def test_openvino_fp32_same_onnx(benchmark, setup, role: str) -> None:
+    ov = pytest.importorskip("openvino", reason="OpenVINO is the optional peer: pip install openvino")
+    benchmark.group = f"{ARCH} {role} encoder, batch 1, {THREADS} threads"
+    spec = setup["bundle"].manifest.encoders[role]
+    compiled = ov.Core().compile_model(
+        str(setup["path"] / spec.file),
+        "CPU",
+        {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
+    )
+    request = compiled.create_infer_request()
+    x = setup["pixels"] if role == "image" else setup["tokens"]
+    ours = setup["bundle"].encoder(role).run({spec.inputs[0].name: x})[0]
+    theirs = request.infer({0: x})[compiled.output(0)]
+    assert float(np.sum(ours * theirs)) > 0.9999  # both run the same model
+    benchmark.pedantic(lambda: request.infer({0: x}), **ROUNDS)
