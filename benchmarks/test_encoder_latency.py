@@ -82,19 +82,25 @@ def test_edgeclip_onnx_bundle(benchmark, setup, role: str) -> None:
     benchmark.pedantic(lambda: encoder.run({name: x}), **ROUNDS)
 
 
+# OpenVINO's default precision on CPUs with AVX512_BF16/AMX is bf16, not fp32: the row labelled "fp32" forces f32,
+# the "default" row shows what users get out of the box (and is not the same arithmetic).
+OPENVINO_PRECISIONS = {"fp32": {"INFERENCE_PRECISION_HINT": "f32"}, "default": {}}
+
+
+@pytest.mark.parametrize("precision", list(OPENVINO_PRECISIONS))
 @pytest.mark.parametrize("role", ["image", "text"])
-def test_openvino_fp32_same_onnx(benchmark, setup, role: str) -> None:
+def test_openvino_same_onnx(benchmark, setup, role: str, precision: str) -> None:
     ov = pytest.importorskip("openvino", reason="OpenVINO is the optional peer: pip install openvino")
     benchmark.group = f"{ARCH} {role} encoder, batch 1, {THREADS} threads"
     spec = setup["bundle"].manifest.encoders[role]
-    compiled = ov.Core().compile_model(
-        str(setup["path"] / spec.file),
-        "CPU",
-        {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
-    )
+    config = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", **OPENVINO_PRECISIONS[precision]}
+    compiled = ov.Core().compile_model(str(setup["path"] / spec.file), "CPU", config)
+    benchmark.extra_info["openvino_inference_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     request = compiled.create_infer_request()
     x = setup["pixels"] if role == "image" else setup["tokens"]
     ours = setup["bundle"].encoder(role).run({spec.inputs[0].name: x})[0]
     theirs = request.infer({0: x})[compiled.output(0)]
-    assert float(np.sum(ours * theirs)) > 0.9999  # both run the same model
+    cosine = float(np.sum(ours * theirs))
+    benchmark.extra_info["cosine_vs_bundle"] = cosine
+    assert cosine > 0.999  # both run the same model
     benchmark.pedantic(lambda: request.infer({0: x}), **ROUNDS)
