@@ -33,3 +33,4 @@ class TokenizerError(EdgeclipError):
 
 class RuntimeUnavailable(EdgeclipError):
     """A runtime cannot run on this machine (CoreML off Apple platforms, TensorRT without an NVIDIA GPU)."""
+

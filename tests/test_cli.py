@@ -154,5 +154,5 @@ def test_export_json_output(tmp_path: Path) -> None:
 
 
 def test_targets_lists_the_registry() -> None:
-    data = json.loads(run("targets", "--json").output)
-    assert [t["name"] for t in data] == ["onnx"] and data[0]["precisions"] == ["fp32"]
+    data = {t["name"]: t for t in json.loads(run("targets", "--json").output)}
+    assert sorted(data) == ["coreml", "onnx"] and data["onnx"]["precisions"] == ["fp32", "fp16", "int8"]

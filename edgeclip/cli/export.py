@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgeclip.cli import (
+    CommaList,
     FloatTriple,
     ImageSize,
     cli,
@@ -23,7 +24,7 @@ from edgeclip.cli import (
 @click.option("--pretrained", "-p", help="Checkpoint file (.safetensors/.pt/.bin), pretrained tag or hf-hub: id.")
 @click.option("--random-init", is_flag=True, help="Random weights on purpose (structure and speed work).")
 @click.option("--target", "-t", default="onnx", show_default=True, help="Export target: see `edgeclip targets`.")
-@click.option("--precision", default="fp32", show_default=True, help="Numeric precision the target supports.")
+@click.option("--precision", help="Numeric precision the target supports (default: the target's, e.g. coreml fp16).")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle at --output.")
 @click.option("--image-size", type=ImageSize(), help="Override the input size: 256 or HxW.")
@@ -32,6 +33,24 @@ from edgeclip.cli import (
 @click.option("--interpolation", type=click.Choice(["bicubic", "bilinear"]), help="Override the resize filter.")
 @click.option("--resize-mode", type=click.Choice(["shortest", "longest", "squash"]), help="Override how images fit.")
 @click.option("--opset", type=click.IntRange(min=17), help="ONNX opset (default: the target's choice).")
+# Target options: each target says which it takes and their values (`edgeclip targets`) and checks them.
+@click.option("--compress", help="Weight compression, e.g. coreml int8 or palettize4 (see `edgeclip targets`).")
+@click.option("--image-input", help="coreml: tensor (float pixels, default) or pixels (RGB image, normalized inside).")
+@click.option("--deployment-target", help="coreml: the minimum OS the packages need (default iOS17).")
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Calibration images or folders (coreml w8a8); onnx int8: a .npz from `edgeclip calibrate` or a folder.",
+)
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              help="onnx int8: how activation ranges are calibrated (default minmax).")
+@click.option("--auto-exclude", is_flag=True, default=None, help="onnx int8: keep the most sensitive nodes in float "
+              "until the accuracy gate passes.")
+@click.option("--dynamic", is_flag=True, default=None, help="onnx int8: dynamic int8 (MatMul/Gemm), no calibration.")
+@click.option("--max-cosine-drop", type=click.FloatRange(0, 1), help="Fail the export when an encoder's mean cosine "
+              "to fp32 on held-out inputs drops by more than this (onnx fp16/int8).")
+@click.option("--batch-sizes", type=CommaList(), help="coreml: enumerated batch sizes, e.g. 1,8,32 (default: 1-64).")
 @quiet_option
 @json_option
 def export(
@@ -39,7 +58,7 @@ def export(
     pretrained: str | None,
     random_init: bool,
     target: str,
-    precision: str,
+    precision: str | None,
     output: Path,
     force: bool,
     image_size: tuple[int, int] | None,
@@ -48,6 +67,15 @@ def export(
     interpolation: str | None,
     resize_mode: str | None,
     opset: int | None,
+    compress: str | None,
+    image_input: str | None,
+    deployment_target: str | None,
+    calibration: tuple[Path, ...],
+    calibration_method: str | None,
+    auto_exclude: bool | None,
+    dynamic: bool | None,
+    max_cosine_drop: float | None,
+    batch_sizes: list[str] | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -57,8 +85,13 @@ def export(
     Examples:
       edgeclip export --model MobileCLIP2-S0 --pretrained ./mobileclip2_s0.safetensors --output mc2s0.edgeclip
       edgeclip export --model MobileCLIP2-S0 --random-init --output demo.edgeclip --force
+      edgeclip export -m MobileCLIP2-S0 --random-init -t coreml --compress palettize4 -o mc2s0-coreml.edgeclip
+      edgeclip export -m MobileCLIP2-S0 --random-init -t coreml --image-input pixels -o mc2s0-pixels.edgeclip
+      edgeclip export -m MobileCLIP2-S0 -p ckpt.safetensors --precision int8 --calibration calib.npz -o int8.edgeclip
+      edgeclip export -m MobileCLIP2-S0 -p ckpt.safetensors --precision fp16 --max-cosine-drop 0.001 -o fp16.edgeclip
     """
     from edgeclip.export import export_bundle
+    from edgeclip.runtimes.bundle import size_path
 
     overrides = {
         "image_size": image_size,
@@ -66,6 +99,18 @@ def export(
         "std": std,
         "interpolation": interpolation,
         "resize_mode": resize_mode,
+    }
+    # Only the target options the user gave: the target refuses options it does not take.
+    given = {
+        "compress": compress,
+        "image_input": image_input,
+        "deployment_target": deployment_target,
+        "calibration": list(calibration) or None,
+        "batch_sizes": batch_sizes,
+        "calibration_method": calibration_method,
+        "auto_exclude": auto_exclude,
+        "dynamic": dynamic,
+        "max_cosine_drop": max_cosine_drop,
     }
     bar = _StepBar(enabled=show_progress(quiet), total=7)
     with bar:
@@ -78,6 +123,7 @@ def export(
             random_init=random_init,
             preprocess=overrides,
             opset=opset,
+            target_options={k: v for k, v in given.items() if v is not None},
             force=force,
             on_step=bar.step,
         )
@@ -87,12 +133,22 @@ def export(
     m = result.manifest
     click.echo(f"wrote {result.path}  ({m.source.architecture}, {m.target} {m.precision})")
     for role, enc in m.encoders.items():
-        size = (result.path / enc.file).stat().st_size / 1e6
+        size = size_path(result.path / enc.file) / 1e6
         p = enc.parity
-        click.echo(
-            f"  {role:<5} {enc.file:<22} {size:8.1f} MB  parity vs PyTorch: min cosine {p.min_cosine:.6f}, "
-            f"max abs diff {p.max_abs_diff:.2e} over {p.samples} samples"
+        parity = (
+            f"parity vs PyTorch: min cosine {p.min_cosine:.6f}, max abs diff {p.max_abs_diff:.2e} over {p.samples} "
+            "samples" if p else "parity not measured here"
         )
+        click.echo(f"  {role:<5} {enc.file:<24} {size:8.1f} MB  {parity}")
+    gate = (m.calibration or {}).get("gate")
+    if gate:
+        click.echo(
+            f"  accuracy gate vs fp32 ({gate['image']['samples']} held-out images): image mean cosine "
+            f"{gate['image']['mean_cosine']:.4f} (p1 {gate['image']['p1_cosine']:.4f}), text mean cosine "
+            f"{gate['text']['mean_cosine']:.4f}, zero-shot top-1 agreement {gate['top1_agreement']:.3f}"
+        )
+    if "parity_skipped" in m.target_info:
+        click.echo(f"  note: {m.target_info['parity_skipped']}")
     click.echo("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if m.source.random_init:
         click.echo("  note: random weights (--random-init): for structure and speed work, not for predictions")
@@ -143,5 +199,12 @@ def targets(as_json: bool) -> None:
     for s in specs:
         needs = f"  needs {s.requires}" if s.requires else ""
         click.echo(f"{s.name:<10} precisions: {', '.join(s.precisions):<20} {s.description}{needs}")
+        for label, values in (
+            ("compress", s.compressions),
+            ("image input", s.image_inputs),
+            ("deployment", s.deployment_targets),
+        ):
+            if values:
+                click.echo(f"{'':<10} {label + ':':<12} {', '.join(values)}")
 
 

@@ -110,7 +110,7 @@ def export_bundle(
     output: str | Path = "model.edgeclip",
     *,
     target: str = "onnx",
-    precision: str = "fp32",
+    precision: str | None = None,
     random_init: bool = False,
     preprocess: dict[str, Any] | None = None,
     opset: int | None = None,
@@ -118,7 +118,11 @@ def export_bundle(
     force: bool = False,
     on_step: StepCallback | None = None,
 ) -> ExportResult:
-    """Load, reparameterize, split and convert a CLIP model, check parity, and write a bundle atomically."""
+    """Load, reparameterize, split and convert a CLIP model, check parity, and write a bundle atomically.
+
+    `precision` None means the target's default; `target_options` are checked against the target's spec
+    (see `edgeclip targets`) before the model is loaded.
+    """
     import torch
 
     from edgeclip.export import parity
@@ -141,6 +145,7 @@ def export_bundle(
 
     # Validate everything the user asked for before any heavy work.
     spec = get_target(target).spec
+    precision = precision or spec.default_precision
     if precision not in spec.precisions:
         choices = ", ".join(spec.precisions)
         raise UsageError(f"target {target!r} does not support precision {precision!r}: expected {choices}")
@@ -155,12 +160,19 @@ def export_bundle(
         min_cosine=PARITY_FLOORS.get(precision, PARITY_FLOORS["fp32"]),
         target_options=dict(target_options or {}),
     )
+    options = get_target(target).validate_options(options)
 
     staging = _make_staging_dir(output)
     try:
         step(f"loading {architecture} ({'random weights' if random_init else pretrained})")
         loaded = load_model(architecture, pretrained, random_init=random_init)
-        weights_sha = loaded.weights_sha256()
+        source = SourceModel(
+            architecture=architecture,
+            pretrained=Path(pretrained).name if pretrained and loaded.checkpoint_sha256 else pretrained,
+            checkpoint_sha256=loaded.checkpoint_sha256,
+            weights_sha256=loaded.weights_sha256(),
+            random_init=random_init,
+        )
         lap("load")
 
         step("writing tokenizer data")
@@ -177,6 +189,9 @@ def export_bundle(
             text=TextEncoder(deploy).eval(),
             image_example=torch.from_numpy(pixels[:2]),
             text_example=torch.from_numpy(tokens[:2]),
+            preprocess=preprocess_spec,
+            tokenizer=tokenizer_spec,
+            model_id=source.model_id,
         )
         _check_runs(encoders, architecture, preprocess_spec.image_size)
         lap("reparameterize")
@@ -212,13 +227,7 @@ def export_bundle(
         with torch.no_grad():
             embed_dim = int(encoders.image(encoders.image_example[:1]).shape[-1])
         manifest = BundleManifest(
-            source=SourceModel(
-                architecture=architecture,
-                pretrained=Path(pretrained).name if pretrained and loaded.checkpoint_sha256 else pretrained,
-                checkpoint_sha256=loaded.checkpoint_sha256,
-                weights_sha256=weights_sha,
-                random_init=random_init,
-            ),
+            source=source,
             target=target,
             precision=precision,
             embed_dim=embed_dim,
@@ -227,6 +236,7 @@ def export_bundle(
             preprocess=preprocess_spec,
             preprocess_source=preprocess_source,
             tokenizer=tokenizer_spec,
+            calibration=files.calibration,
             edgeclip_version=__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             target_info={

@@ -47,6 +47,7 @@ def export_onnx_graph(
             output_names=[output_name],
             opset_version=opset,
             dynamo=True,
+            verbose=False,  # the dynamo exporter otherwise prints progress to stdout, which breaks --json
             dynamic_shapes=({0: "batch"},),
             external_data=large,
         )

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from edgeclip.runtimes.manifest import TensorSpec
+from edgeclip.runtimes.preprocess import PreprocessSpec
+from edgeclip.runtimes.tokenizer import TokenizerSpec
 
 # The export fails when an encoder's minimum cosine to PyTorch (over real photos and strings) falls below this.
 PARITY_FLOORS: dict[str, float] = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
@@ -21,6 +23,10 @@ class Encoders:
     text: nn.Module
     image_example: torch.Tensor
     text_example: torch.Tensor
+    # What the encoders expect and whose weights they hold, for targets that write them into their files.
+    preprocess: PreprocessSpec | None = None
+    tokenizer: TokenizerSpec | None = None
+    model_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,3 +56,4 @@ class EncoderFiles:
     image: EncoderFile
     text: EncoderFile
     target_info: dict[str, object] = field(default_factory=dict)
+    calibration: dict[str, object] | None = None  # calibration set, method and accuracy gate of fp16/int8 files

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from edgeclip.export.options import EncoderFiles, Encoders, ExportOptions
 
 ExportFn = Callable[["Encoders", Path, "ExportOptions"], "EncoderFiles"]
+# Checks a request's target options before any model is loaded; returns the options to export with (the same,
+# or a copy whose parity floor suits the requested compression). Raises UsageError on a bad value.
+ValidateFn = Callable[["ExportOptions"], "ExportOptions"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,18 @@ class TargetSpec:
     dynamic_batch: bool
     requires: str | None = None  # a platform or device the target needs, e.g. "macOS" or "an NVIDIA GPU"
     extra: str | None = None  # the pip extra that installs the target's converter
+    default_precision: str | None = None  # None: the first of `precisions`
+    compressions: tuple[str, ...] = ()  # weight/activation compressions (target option "compress")
+    image_inputs: tuple[str, ...] = ()  # kinds of image encoder input (target option "image_input"); first is default
+    deployment_targets: tuple[str, ...] = ()  # OS versions the files can require (option "deployment_target")
+    platforms: tuple[str, ...] = ()  # where the exported files run; empty: wherever the runtime installs
+    options: tuple[str, ...] = ()  # the target_options keys the target accepts
+
+    def __post_init__(self) -> None:
+        if self.default_precision is None:
+            object.__setattr__(self, "default_precision", self.precisions[0])
+        if self.default_precision not in self.precisions:
+            raise ValueError(f"target {self.name!r}: default precision {self.default_precision!r} not in precisions")
 
 
 @dataclass(frozen=True)
@@ -35,18 +50,31 @@ class Target:
 
     spec: TargetSpec
     export: ExportFn
+    validate: ValidateFn | None = None
+
+    def validate_options(self, options: ExportOptions) -> ExportOptions:
+        """Refuse unknown or bad target options before any work; the options to export with."""
+        unknown = sorted(set(options.target_options) - set(self.spec.options))
+        if unknown:
+            accepted = ", ".join(self.spec.options) or "none"
+            close = difflib.get_close_matches(unknown[0], self.spec.options, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(
+                f"target {self.spec.name!r} has no option {unknown[0]!r}: it accepts {accepted}{hint}"
+            )
+        return self.validate(options) if self.validate is not None else options
 
 
 _TARGETS: dict[str, Target] = {}
 
 
-def register_target(spec: TargetSpec) -> Callable[[ExportFn], ExportFn]:
-    """Decorator adding a target's export function to the registry; duplicate names are refused."""
+def register_target(spec: TargetSpec, validate: ValidateFn | None = None) -> Callable[[ExportFn], ExportFn]:
+    """Decorator adding a target's export function (and its option check) to the registry; no duplicate names."""
 
     def decorate(fn: ExportFn) -> ExportFn:
         if spec.name in _TARGETS:
             raise ValueError(f"export target {spec.name!r} is registered twice")
-        _TARGETS[spec.name] = Target(spec, fn)
+        _TARGETS[spec.name] = Target(spec, fn, validate)
         return fn
 
     return decorate
@@ -54,7 +82,7 @@ def register_target(spec: TargetSpec) -> Callable[[ExportFn], ExportFn]:
 
 def _load_builtin_targets() -> None:
     # Importing a target module registers it; each imports its converter lazily.
-    from edgeclip.export import onnx  # noqa: F401
+    from edgeclip.export import coreml, onnx  # noqa: F401
 
 
 def list_targets() -> list[TargetSpec]:

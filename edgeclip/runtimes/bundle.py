@@ -36,6 +36,13 @@ def sha256_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+def size_path(path: Path) -> int:
+    """Bytes of a file, or of every file in a package folder (e.g. .mlpackage)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -163,7 +170,7 @@ class Bundle:
 
     def summary(self) -> dict:
         """The manifest plus what is on disk now: file sizes and stored heads (what `edgeclip info` shows)."""
-        files = {rel: self.file(rel).stat().st_size for rel in self.manifest.files()}
+        files = {rel: size_path(self.file(rel)) for rel in self.manifest.files()}
         return {"path": str(self.path), **self.manifest.to_dict(), "files": files, "heads": self.head_names()}
 
     def verify(self) -> None:

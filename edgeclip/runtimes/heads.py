@@ -6,12 +6,17 @@ import os
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeclip.errors import BundleError, UsageError
+
+if TYPE_CHECKING:
+    from edgeclip.runtimes.bundle import Bundle
 
 HEADS_DIR = "heads"
 HEAD_FORMAT_VERSION = 1
@@ -46,7 +51,15 @@ def check_labels(labels: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Head:
-    """Class embeddings [C, D] (L2-normalized), their labels in class order, and how they were made."""
+    """Class embeddings [C, D] (L2-normalized), their labels in class order, and how they were made.
+
+    Optional parts, all absent from a plain zero-shot head (files without them read as before):
+    `groups` names the softmax group of each label (task heads: one group per antonym pair in a quality head);
+    `positives` names the labels whose probability is the score (bona fide; the good pole of each pair);
+    `prompts` holds the prompts averaged into each label's embedding when they are not templates x labels;
+    `adapter_weight` [C, D], `adapter_bias` [C] and `adapter_alpha` are a training-free linear head (GDA)
+    whose logits are added, times alpha, to the zero-shot logits.
+    """
 
     name: str
     kind: str
@@ -54,23 +67,90 @@ class Head:
     templates: tuple[str, ...]
     model_id: str
     embeddings: np.ndarray
+    groups: tuple[str, ...] = ()
+    positives: tuple[str, ...] = ()
+    prompts: tuple[tuple[str, ...], ...] = ()
+    adapter_weight: np.ndarray | None = None
+    adapter_bias: np.ndarray | None = None
+    adapter_alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem:
+            raise UsageError(f"head {self.name!r}: {problem}")
+
+    def problem(self) -> str | None:
+        """What is inconsistent between the head's parts, or None."""
+        count = len(self.labels)
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != count:
+            return f"{count} labels but embeddings of shape {self.embeddings.shape}"
+        if self.groups and len(self.groups) != count:
+            return f"{count} labels but {len(self.groups)} groups"
+        unknown = [p for p in self.positives if p not in self.labels]
+        if unknown:
+            return f"positive label {unknown[0]!r} is not one of its labels"
+        if self.prompts and len(self.prompts) != count:
+            return f"{count} labels but {len(self.prompts)} prompt lists"
+        if (self.adapter_weight is None) != (self.adapter_bias is None):
+            return "an adapter needs both a weight and a bias"
+        weight, bias = self.adapter_weight, self.adapter_bias
+        fits = weight is None or bias is None or (weight.shape == self.embeddings.shape and bias.shape == (count,))
+        if not fits:
+            return f"adapter weight {weight.shape} and bias {bias.shape} do not fit embeddings {self.embeddings.shape}"
+        return None
+
+    def group_slices(self) -> list[np.ndarray]:
+        """Label indices of each softmax group, in order of first appearance (one group when none are set)."""
+        if not self.groups:
+            return [np.arange(len(self.labels))]
+        names = list(dict.fromkeys(self.groups))
+        return [np.array([i for i, g in enumerate(self.groups) if g == name]) for name in names]
+
+    def logits(self, image_embeddings: np.ndarray, logit_scale: float) -> np.ndarray:
+        """logit_scale x cosine to each class [N, C], plus alpha x the adapter's linear logits where it has one."""
+        emb = image_embeddings / np.maximum(np.linalg.norm(image_embeddings, axis=-1, keepdims=True), 1e-12)
+        out = logit_scale * (emb @ self.embeddings.T)
+        if self.adapter_weight is not None and self.adapter_bias is not None:
+            out = out + self.adapter_alpha * (emb @ self.adapter_weight.T + self.adapter_bias)
+        return out.astype(np.float32)
+
+    def probabilities(self, image_embeddings: np.ndarray, logit_scale: float) -> np.ndarray:
+        """Softmax of the logits within each group [N, C]: each group's probabilities sum to one."""
+        logits = self.logits(image_embeddings, logit_scale).astype(np.float64)
+        out = np.empty_like(logits)
+        for idx in self.group_slices():
+            z = logits[:, idx] - logits[:, idx].max(axis=1, keepdims=True)
+            e = np.exp(z)
+            out[:, idx] = e / e.sum(axis=1, keepdims=True)
+        return out.astype(np.float32)
 
     def save(self, path: Path) -> Path:
         """Write the head as .npz through a temporary file, so a crash never leaves half a head."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "format_version": np.array(HEAD_FORMAT_VERSION),
+            "name": np.array(self.name),
+            "kind": np.array(self.kind),
+            "labels": np.array(self.labels, dtype=str),
+            "templates": np.array(self.templates, dtype=str),
+            "model_id": np.array(self.model_id),
+            "embeddings": self.embeddings.astype(np.float32),
+        }
+        if self.groups:
+            arrays["groups"] = np.array(self.groups, dtype=str)
+        if self.positives:
+            arrays["positives"] = np.array(self.positives, dtype=str)
+        if self.prompts:
+            arrays["prompts"] = np.array([p for group in self.prompts for p in group], dtype=str)
+            arrays["prompt_counts"] = np.array([len(group) for group in self.prompts], dtype=np.int64)
+        if self.adapter_weight is not None and self.adapter_bias is not None:
+            arrays["adapter_weight"] = self.adapter_weight.astype(np.float32)
+            arrays["adapter_bias"] = self.adapter_bias.astype(np.float32)
+            arrays["adapter_alpha"] = np.array(self.adapter_alpha, dtype=np.float64)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    format_version=np.array(HEAD_FORMAT_VERSION),
-                    name=np.array(self.name),
-                    kind=np.array(self.kind),
-                    labels=np.array(self.labels, dtype=str),
-                    templates=np.array(self.templates, dtype=str),
-                    model_id=np.array(self.model_id),
-                    embeddings=self.embeddings.astype(np.float32),
-                )
+                np.savez(f, **arrays)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -85,18 +165,81 @@ class Head:
                 version = int(data["format_version"])
                 if version > HEAD_FORMAT_VERSION:
                     raise BundleError(f"head {path} has format version {version}: upgrade edgeclip to read it")
-                head = cls(
+                prompts: tuple[tuple[str, ...], ...] = ()
+                if "prompts" in data:
+                    flat = [str(x) for x in data["prompts"]]
+                    ends = np.cumsum(data["prompt_counts"]).tolist()
+                    if not ends or ends[-1] != len(flat):
+                        raise ValueError(f"{len(flat)} prompts but prompt_counts sum to {ends[-1] if ends else 0}")
+                    prompts = tuple(tuple(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True))
+                has_adapter = "adapter_weight" in data
+                fields = dict(
                     name=str(data["name"]),
                     kind=str(data["kind"]),
                     labels=tuple(str(x) for x in data["labels"]),
                     templates=tuple(str(x) for x in data["templates"]),
                     model_id=str(data["model_id"]),
                     embeddings=np.asarray(data["embeddings"], dtype=np.float32),
+                    groups=tuple(str(x) for x in data["groups"]) if "groups" in data else (),
+                    positives=tuple(str(x) for x in data["positives"]) if "positives" in data else (),
+                    prompts=prompts,
+                    adapter_weight=np.asarray(data["adapter_weight"], dtype=np.float32) if has_adapter else None,
+                    adapter_bias=np.asarray(data["adapter_bias"], dtype=np.float32) if has_adapter else None,
+                    adapter_alpha=float(data["adapter_alpha"]) if has_adapter else 0.0,
                 )
         except FileNotFoundError:
             raise BundleError(f"head file {path} does not exist") from None
         except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
             raise BundleError(f"head file {path} is not a valid edgeclip head ({e})") from None
-        if head.embeddings.shape != (len(head.labels), head.embeddings.shape[-1]) or head.embeddings.ndim != 2:
-            raise BundleError(f"head file {path} has {len(head.labels)} labels but embeddings {head.embeddings.shape}")
-        return head
+        try:
+            return cls(**fields)
+        except UsageError as e:  # a bad file is the bundle's fault, not the caller's
+            raise BundleError(f"head file {path} is inconsistent ({e})") from None
+
+
+def build_prompt_head(
+    bundle: Bundle,
+    name: str,
+    kind: str,
+    prompts: dict[str, Sequence[str]],
+    *,
+    groups: Sequence[str] = (),
+    positives: Sequence[str] = (),
+    progress: bool = False,
+) -> Head:
+    """A head whose classes are described by their own prompts: each prompt embedded and normalized, averaged per
+    class, normalized again (FLIP-style class averaging). Dict order is the class order."""
+    labels = check_labels(list(prompts))
+    lists = [tuple(p.strip() for p in prompts[label]) for label in prompts]
+    for label, items in zip(labels, lists, strict=True):
+        if not items or any(not p for p in items):
+            raise UsageError(f"class {label!r} needs at least one non-blank prompt")
+    flat = [p for items in lists for p in items]
+    emb = bundle.encode_text(flat, progress=progress)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    ends = np.cumsum([len(items) for items in lists])
+    means = np.stack([emb[a:b].mean(axis=0) for a, b in zip([0, *ends[:-1]], ends, strict=True)])
+    means = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return Head(
+        check_head_name(name), kind, labels, (), bundle.model_id, means.astype(np.float32),
+        groups=tuple(groups), positives=tuple(positives), prompts=tuple(lists),
+    )
+
+
+def resolve_task_head(
+    bundle: Bundle, head: str | Head | None, default_name: str, kind: str, build: Callable[[Bundle], Head]
+) -> Head:
+    """The head to use: a Head, a stored head's name, or the stored default, else one built now with `build`."""
+    if isinstance(head, Head):
+        resolved = head
+    elif isinstance(head, str):
+        resolved = bundle.load_head(head)
+    elif default_name in bundle.head_names():
+        resolved = bundle.load_head(default_name)
+    else:
+        resolved = build(bundle)
+    if resolved.model_id != bundle.model_id:
+        raise UsageError(f"head {resolved.name!r} belongs to {resolved.model_id}, not {bundle.model_id}")
+    if resolved.kind != kind:
+        raise UsageError(f"head {resolved.name!r} is a {resolved.kind} head: expected a {kind} head")
+    return resolved

@@ -98,9 +98,9 @@ class ZeroShotClassifier:
         return self.head.labels
 
     def logits(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = 32) -> np.ndarray:
-        """logit_scale x cosine similarity [N, C] between images and the head's classes."""
+        """logit_scale x cosine similarity [N, C] between images and the head's classes (plus its adapter's)."""
         emb = self.bundle.encode_image(images, batch_size=batch_size)
-        return self.bundle.logit_scale * (_normalize(emb) @ self.head.embeddings.T)
+        return self.head.logits(emb, self.bundle.logit_scale)
 
     def probabilities(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = 32) -> np.ndarray:
         """Softmax over the head's classes [N, C]."""

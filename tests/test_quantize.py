@@ -1,0 +1,173 @@
+"""ONNX int8 / fp16 export: real quantization with ONNX Runtime, the accuracy gate, bad input, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from click.testing import CliRunner
+
+from edgeclip.calibration import build_calibration_set
+from edgeclip.data.shapes import ShapesDataset, write_image_folder
+from edgeclip.errors import ExportError, UsageError
+from edgeclip.export import export_bundle
+from edgeclip.export.onnx_quant import lower_precision, parse_options, resolve_calibration
+from edgeclip.export.quantize import RECIPES, fuse_gelu, quantize_static_int8, quantized_nodes
+from edgeclip.runtimes import load_bundle
+from edgeclip.runtimes.preprocess import PreprocessSpec
+from edgeclip.runtimes.tokenizer import Tokenizer
+
+TINY = "EdgeCLIP-Tiny-ViT"
+
+
+@pytest.fixture(scope="module")
+def calib_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(ShapesDataset("train", size=64, seed=9), tmp_path_factory.mktemp("q") / "imgs", 72)
+
+
+@pytest.fixture(scope="module")
+def calib_npz(tiny_bundle: Path, calib_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = load_bundle(tiny_bundle).manifest.preprocess
+    calib, _ = build_calibration_set(calib_folder, spec, count=72, seed=0)
+    return calib.save(tmp_path_factory.mktemp("q") / "calib.npz")
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _lower(tiny_bundle: Path, out_dir: Path, precision: str, calib_npz: Path | None, **options):
+    """Run the target's fp16/int8 step on the tiny bundle's fp32 files (no PyTorch export needed)."""
+    bundle = load_bundle(tiny_bundle)
+    m = bundle.manifest
+    if calib_npz is not None:
+        options["calibration"] = calib_npz
+    request = parse_options(precision, options)
+    calib = resolve_calibration(request.calibration, m.preprocess) if request.calibration else None
+    tokenizer = Tokenizer.from_file(tiny_bundle / m.tokenizer.file, m.tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = (tiny_bundle / m.encoders["image"].file, tiny_bundle / m.encoders["text"].file)
+    out = (out_dir / "image.onnx", out_dir / "text.onnx")
+    return lower_precision(fp32, out, request, calib, m.preprocess, tokenizer), out
+
+
+def test_int8_export_from_the_cli_records_calibration_and_gate(
+    calib_npz: Path, tmp_path: Path, photo_files: list[Path]
+) -> None:
+    from edgeclip.calibration import load_calibration_set
+    from edgeclip.cli import cli
+
+    out = tmp_path / "int8.edgeclip"
+    args = ["export", "-m", TINY, "--random-init", "--precision", "int8", "--calibration", str(calib_npz),
+            "-o", str(out), "--max-cosine-drop", "0.05", "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    # torch.onnx prints progress lines on stdout before the JSON document
+    document = result.output[result.output.index("\n{\n") + 1 :] if not result.output.startswith("{") else result.output
+    manifest = json.loads(document)["manifest"]
+    record = manifest["calibration"]
+    assert manifest["precision"] == "int8" and record["mode"] == "static" and record["format"] == "QDQ"
+    assert record["set"]["id"] == load_calibration_set(calib_npz).id
+    gate = record["gate"]
+    assert gate["passed"] and gate["image"]["samples"] > 10 and 0.95 < gate["image"]["mean_cosine"] < 1.0
+    assert gate["image"]["p1_cosine"] <= gate["image"]["mean_cosine"] and 0.0 <= gate["top1_agreement"] <= 1.0
+    assert manifest["encoders"]["image"]["parity"]["min_cosine"] >= 0.99  # the int8 floor against PyTorch
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(out / "image_encoder.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(out / "text_encoder.onnx")
+    bundle = load_bundle(out, verify=True)
+    assert bundle.encode_image(photo_files).shape == (3, bundle.embed_dim)
+
+
+def test_fp16_keeps_float32_io(tiny_bundle: Path, tmp_path: Path) -> None:
+    record, out = _lower(tiny_bundle, tmp_path, "fp16", None)
+    model = onnx.load(str(out[0]))
+    dtypes = {t.data_type for t in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in dtypes
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    gate = record["gate"]
+    assert gate["image"]["mean_cosine"] > 0.999 and gate["text"]["mean_cosine"] > 0.999 and gate["passed"]
+    session = onnxruntime.InferenceSession(str(out[1]), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"token_ids": np.ones((2, 77), np.int64)})[0].dtype == np.float32
+
+
+def test_int8_needs_calibration_unless_dynamic(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="needs --calibration"):
+        export_bundle(TINY, output=tmp_path / "a", random_init=True, precision="int8")
+    with pytest.raises(UsageError, match="only applies to --precision int8"):
+        export_bundle(TINY, output=tmp_path / "b", random_init=True, precision="fp16", target_options={"dynamic": True})
+    with pytest.raises(UsageError, match="does not exist"):
+        parse_options("int8", {"calibration": [tmp_path / "missing.npz"]})
+    with pytest.raises(UsageError, match="calibration method 'kl'"):
+        parse_options("int8", {"calibration": [tmp_path], "calibration_method": "kl"})
+    with pytest.raises(UsageError, match="drop --calibration"):
+        parse_options("int8", {"calibration": [tmp_path], "dynamic": True})
+    assert not (tmp_path / "a").exists()
+
+
+def test_calibration_for_other_preprocessing_is_refused(calib_folder: Path, tmp_path: Path) -> None:
+    other = PreprocessSpec((32, 32), "shortest", "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    calib, _ = build_calibration_set(calib_folder, other, count=64)
+    path = calib.save(tmp_path / "other.npz")
+    with pytest.raises(UsageError, match=r"made for preprocessing 32x32 .* expects 64x64"):
+        export_bundle(TINY, output=tmp_path / "x", random_init=True, precision="int8",
+                      target_options={"calibration": [path]})
+    assert not (tmp_path / "x").exists()
+
+
+def test_dynamic_int8_needs_no_calibration(tiny_bundle: Path, tmp_path: Path) -> None:
+    record, out = _lower(tiny_bundle, tmp_path, "int8", None, dynamic=True)
+    assert record["mode"] == "dynamic" and record["gate"]["text"]["mean_cosine"] > 0.95
+    assert "DynamicQuantizeLinear" in _ops(out[1]) or "MatMulInteger" in _ops(out[1])
+
+
+def test_gate_fails_the_export_when_the_drop_is_too_large(tiny_bundle: Path, calib_npz: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"accuracy gate failed: (image|text) encoder mean cosine"):
+        _lower(tiny_bundle, tmp_path, "int8", calib_npz, max_cosine_drop=0.0)
+
+
+def test_auto_exclude_keeps_the_worst_nodes_in_float(tiny_bundle: Path, calib_npz: Path, tmp_path: Path) -> None:
+    plain, _ = _lower(tiny_bundle, tmp_path / "plain", "int8", calib_npz)
+    drop = 1 - plain["gate"]["text"]["mean_cosine"]
+    assert drop > 0
+    record, out = _lower(tiny_bundle, tmp_path / "auto", "int8", calib_npz, auto_exclude=True,
+                         max_cosine_drop=drop / 2)
+    assert record["gate"]["passed"] and record["excluded_nodes"]["text"]
+    assert 1 - record["gate"]["text"]["mean_cosine"] <= drop / 2
+    still = {n.name for n in onnx.load(str(out[1])).graph.node if n.op_type == "DequantizeLinear"}
+    assert still  # some nodes are still int8
+
+
+def test_recipe_quantizes_linear_layers_not_attention_products(tiny_bundle: Path, calib_npz: Path,
+                                                                tmp_path: Path) -> None:
+    from edgeclip.calibration import feeds, load_calibration_set
+
+    image = tiny_bundle / "image_encoder.onnx"
+    nodes = quantized_nodes(image, RECIPES["edgeclip-image"])
+    model = onnx.load(str(image))
+    inits = {t.name for t in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    assert nodes and all(by_name[n].input[1] in inits for n in nodes)
+    attention = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in inits]
+    assert not set(attention) & set(nodes)
+    calib = load_calibration_set(calib_npz)
+    quantize_static_int8(image, tmp_path / "q.onnx", feeds({"pixels": calib.pixels[:8]}), method="percentile")
+    session = onnxruntime.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"pixels": calib.pixels[:2]})[0].shape[0] == 2
+
+
+def test_fuse_gelu_is_exact(tiny_bundle: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(tiny_bundle / "text_encoder.onnx"))
+    erf_before = sum(n.op_type == "Erf" for n in model.graph.node)
+    fused = fuse_gelu(model)
+    assert erf_before and fused == erf_before and not any(n.op_type == "Erf" for n in model.graph.node)
+    onnx.save(model, str(tmp_path / "fused.onnx"))
+    tokens = np.random.default_rng(0).integers(1, 1000, size=(3, 77)).astype(np.int64)
+    run = {p: onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"token_ids": tokens})
+           for p in (tiny_bundle / "text_encoder.onnx", tmp_path / "fused.onnx")}
+    a, b = run.values()
+    assert np.allclose(a[0], b[0], atol=1e-5)
