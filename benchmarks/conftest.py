@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -13,18 +10,17 @@ THREADS = 2
 
 
 def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
-    """Device facts a farm report needs besides pytest-benchmark's own."""
-    import onnxruntime
+    """Device facts a farm report needs besides pytest-benchmark's own: the same facts `edgeclip bench` records."""
+    from edgeclip.bench.device import collect_device_info
 
+    device = collect_device_info()
     machine_info["edgeclip_threads"] = THREADS
-    machine_info["cpu_count"] = os.cpu_count()
-    machine_info["onnxruntime"] = onnxruntime.__version__
-    machine_info["platform_detail"] = platform.platform()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        flags = []
-    machine_info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    machine_info["edgeclip_device"] = device.to_dict()
+    # The flat keys earlier runs of this suite wrote, kept so that their JSON files still compare with new ones.
+    machine_info["cpu_count"] = device.cpu_logical
+    machine_info["onnxruntime"] = device.versions.get("onnxruntime")
+    machine_info["platform_detail"] = device.platform
+    machine_info["isa"] = list(device.isa)
 
 
 def _ratio_rows(benchmarks) -> dict[str, list[tuple[str, float, float]]]:

@@ -15,6 +15,8 @@ _LAZY = {
     "Head": "edgeclip.runtimes",
     "ZeroShotClassifier": "edgeclip.runtimes",
     "build_zero_shot_head": "edgeclip.runtimes",
+    "LivenessDetector": "edgeclip.runtimes.liveness",
+    "QualityScorer": "edgeclip.runtimes.quality",
     "export_bundle": "edgeclip.export",
     "EdgeclipError": "edgeclip.errors",
 }

@@ -34,3 +34,10 @@ class TokenizerError(EdgeclipError):
 class RuntimeUnavailable(EdgeclipError):
     """A runtime cannot run on this machine (CoreML off Apple platforms, TensorRT without an NVIDIA GPU)."""
 
+
+class DatasetError(EdgeclipError):
+    """An image–caption source, a reinforced shard or a dataset manifest is missing, malformed or inconsistent."""
+
+
+class ResultsError(EdgeclipError):
+    """A benchmark results file is missing, not JSON, of another schema or malformed."""

@@ -50,6 +50,28 @@ def photo_files(photos: dict[str, Image.Image], tmp_path: Path) -> list[Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread; one keeps a module's CPU time low on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_random_checkpoint(path: Path, arch: str, seed: int) -> Path:
+    """A real open_clip checkpoint of seeded random weights, as safetensors (what users pass to --pretrained)."""
+    from safetensors.torch import save_file
+
+    from edgeclip.models.loading import load_model
+
+    model = load_model(arch, random_init=True, seed=seed).model
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity."""
     a = a.astype(np.float64)

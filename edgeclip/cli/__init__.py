@@ -128,9 +128,12 @@ def cli() -> None:
 
 
 # Importing a command module registers its commands on `cli`.
+from edgeclip.cli import bench as _bench  # noqa: E402, F401
 from edgeclip.cli import bundle as _bundle  # noqa: E402, F401
 from edgeclip.cli import calibrate as _calibrate  # noqa: E402, F401
+from edgeclip.cli import distill as _distill  # noqa: E402, F401
 from edgeclip.cli import export as _export  # noqa: E402, F401
+from edgeclip.cli import tasks as _tasks  # noqa: E402, F401
 
 
 def main() -> None:

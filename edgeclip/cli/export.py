@@ -51,6 +51,16 @@ from edgeclip.cli import (
 @click.option("--max-cosine-drop", type=click.FloatRange(0, 1), help="Fail the export when an encoder's mean cosine "
               "to fp32 on held-out inputs drops by more than this (onnx fp16/int8).")
 @click.option("--batch-sizes", type=CommaList(), help="coreml: enumerated batch sizes, e.g. 1,8,32 (default: 1-64).")
+@click.option("--max-batch", type=click.IntRange(1, 4096), help="tensorrt: largest batch the engines take "
+              "(default 32).")
+@click.option("--opt-batch", type=click.IntRange(1, 4096), help="tensorrt: batch the kernels are tuned for "
+              "(default max-batch / 2).")
+@click.option("--workspace", type=click.IntRange(16), metavar="MIB", help="tensorrt: builder workspace limit in MiB "
+              "(default 2048).")
+@click.option("--onnx-only", is_flag=True, default=None, help="tensorrt: write and check the TensorRT-ready ONNX "
+              "graphs (int8: symmetric Q/DQ) without building engines, e.g. on a machine without an NVIDIA GPU.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="tensorrt: timing cache file to reuse and "
+              "update (default: one per GPU under ~/.cache/edgeclip/tensorrt).")
 @quiet_option
 @json_option
 def export(
@@ -76,6 +86,11 @@ def export(
     dynamic: bool | None,
     max_cosine_drop: float | None,
     batch_sizes: list[str] | None,
+    max_batch: int | None,
+    opt_batch: int | None,
+    workspace: int | None,
+    onnx_only: bool | None,
+    timing_cache: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -89,6 +104,9 @@ def export(
       edgeclip export -m MobileCLIP2-S0 --random-init -t coreml --image-input pixels -o mc2s0-pixels.edgeclip
       edgeclip export -m MobileCLIP2-S0 -p ckpt.safetensors --precision int8 --calibration calib.npz -o int8.edgeclip
       edgeclip export -m MobileCLIP2-S0 -p ckpt.safetensors --precision fp16 --max-cosine-drop 0.001 -o fp16.edgeclip
+      edgeclip export -m MobileCLIP2-S0 -p ckpt.safetensors -t tensorrt --precision fp16 --max-batch 32 -o trt.edgeclip
+      edgeclip export -m MobileCLIP2-S0 -p ckpt.safetensors -t tensorrt --precision int8 --calibration calib.npz \
+        --onnx-only -o trt-ready.edgeclip
     """
     from edgeclip.export import export_bundle
     from edgeclip.runtimes.bundle import size_path
@@ -111,6 +129,11 @@ def export(
         "auto_exclude": auto_exclude,
         "dynamic": dynamic,
         "max_cosine_drop": max_cosine_drop,
+        "max_batch": max_batch,
+        "opt_batch": opt_batch,
+        "workspace": workspace,
+        "onnx_only": onnx_only,
+        "timing_cache": timing_cache,
     }
     bar = _StepBar(enabled=show_progress(quiet), total=7)
     with bar:

@@ -82,7 +82,7 @@ def register_target(spec: TargetSpec, validate: ValidateFn | None = None) -> Cal
 
 def _load_builtin_targets() -> None:
     # Importing a target module registers it; each imports its converter lazily.
-    from edgeclip.export import coreml, onnx  # noqa: F401
+    from edgeclip.export import coreml, onnx, tensorrt  # noqa: F401
 
 
 def list_targets() -> list[TargetSpec]:

@@ -254,3 +254,54 @@ class BundleManifest:
         except json.JSONDecodeError as e:
             raise BundleError(f"{where} is not valid JSON (line {e.lineno}: {e.msg})") from None
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class TensorRTRecord:
+    """What a TensorRT engine is bound to (TensorRT version, GPU, compute capability) and how it was built.
+
+    Stored as the manifest's optional ``target_info["tensorrt"]`` (format 1.x readers ignore it): engines are
+    device-specific, so the backend compares it with the device it runs on before deserializing.
+    """
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7" for Jetson Orin, "9.0" for H100/H200
+    batch_profile: tuple[int, int, int]  # (min, opt, max) of the batch axis
+    workspace_mib: int
+    strongly_typed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tensorrt_version": self.tensorrt_version,
+            "gpu_name": self.gpu_name,
+            "compute_capability": self.compute_capability,
+            "batch_profile": list(self.batch_profile),
+            "workspace_mib": self.workspace_mib,
+            "strongly_typed": self.strongly_typed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "target_info.tensorrt") -> TensorRTRecord:
+        if not isinstance(data, dict):
+            raise BundleError(f"manifest {where} is {data!r}: expected an object")
+        profile = _require(data, "batch_profile", list, where)
+        if len(profile) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in profile):
+            raise BundleError(f"manifest {where}.batch_profile is {profile!r}: expected [min, opt, max] batch sizes")
+        return cls(
+            tensorrt_version=_require(data, "tensorrt_version", str, where),
+            gpu_name=_require(data, "gpu_name", str, where),
+            compute_capability=_require(data, "compute_capability", str, where),
+            batch_profile=(profile[0], profile[1], profile[2]),
+            workspace_mib=_require(data, "workspace_mib", int, where),
+            strongly_typed=bool(data.get("strongly_typed", True)),
+        )
+
+    def mismatch(self, tensorrt_version: str, gpu_name: str, compute_capability: str) -> str | None:
+        """Why an engine built as recorded cannot run on the given device (None: it can)."""
+        if tensorrt_version != self.tensorrt_version:
+            return f"it was built with TensorRT {self.tensorrt_version}, and this is TensorRT {tensorrt_version}"
+        if (gpu_name, compute_capability) != (self.gpu_name, self.compute_capability):
+            return (f"it was built for {self.gpu_name} (compute capability {self.compute_capability}), and this GPU is "
+                    f"{gpu_name} (compute capability {compute_capability})")
+        return None

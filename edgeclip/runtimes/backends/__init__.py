@@ -81,3 +81,4 @@ def backend_for_target(target: str, name: str | None = None) -> BackendInfo:
 # Registration happens on import; the backend modules import their runtime libraries lazily.
 from edgeclip.runtimes.backends import coreml as _coreml  # noqa: E402, F401
 from edgeclip.runtimes.backends import ort as _ort  # noqa: E402, F401
+from edgeclip.runtimes.backends import tensorrt as _tensorrt  # noqa: E402, F401

@@ -1,0 +1,317 @@
+"""The offline quickstart: teacher, reinforcement, distillation, export and zero-shot classification on `shapes`.
+
+Everything is made here, nothing is downloaded: a small teacher (EdgeCLIP-Teacher-S) learns the shapes
+captions with plain CLIP loss, reinforcement stores its embeddings of K augmentations per image plus
+paraphrased captions (a stand-in for a CoCa captioner, supplied as a captions file), a smaller student
+(EdgeCLIP-Student-XS) is distilled from the stored embeddings, exported to an ONNX bundle, and the bundle
+classifies shapes images. The summary compares teacher and student on the held-out split.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeclip.errors import UsageError
+
+TEACHER = "EdgeCLIP-Teacher-S"
+STUDENT = "EdgeCLIP-Student-XS"
+MARKER = ".edgeclip-quickstart"
+
+
+@dataclass(frozen=True)
+class QuickstartPlan:
+    """How big each stage is."""
+
+    train_samples: int
+    eval_samples: int
+    teacher_steps: int
+    student_steps: int
+    batch_size: int
+    augmentations: int
+    synthetic_captions: int
+    teacher_lr: float = 2e-3
+    student_lr: float = 2e-3
+
+
+FULL = QuickstartPlan(
+    train_samples=3000, eval_samples=800, teacher_steps=400, student_steps=300, batch_size=64, augmentations=5,
+    synthetic_captions=3,
+)  # fmt: skip
+FAST = QuickstartPlan(
+    train_samples=48, eval_samples=32, teacher_steps=2, student_steps=2, batch_size=16, augmentations=2,
+    synthetic_captions=2,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One line of the summary table."""
+
+    name: str
+    architecture: str
+    runtime: str
+    params_m: float
+    size_mb: float
+    top1: float
+    top1_color: float
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class QuickstartResult:
+    """What the quickstart made and measured."""
+
+    output: Path
+    bundle: Path
+    rows: tuple[ModelRow, ...]
+    predictions: tuple[tuple[str, str, str, float], ...]  # file, true shape, predicted, probability
+    timings: dict[str, float] = field(default_factory=dict)
+    plan: QuickstartPlan = FULL
+
+    @property
+    def wall_seconds(self) -> float:
+        return sum(self.timings.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "bundle": str(self.bundle),
+            "rows": [asdict(r) for r in self.rows],
+            "predictions": [
+                {"file": f, "true": t, "predicted": p, "probability": q} for f, t, p, q in self.predictions
+            ],
+            "timings": self.timings,
+            "wall_seconds": round(self.wall_seconds, 1),
+            "plan": asdict(self.plan),
+        }
+
+
+# Paraphrases of a shapes item's attributes: the quickstart's stand-in for a CoCa captioner.
+_PARAPHRASES = (
+    "a {color} {shape}",
+    "a {size} {shape} colored {color}",
+    "a {shape} {where}",
+    "a {color} {shape} on a {background} background",
+    "a picture of a {size} {color} {shape}",
+)
+
+
+def write_paraphrases(train_spec: str, path: Path, count: int) -> Path:
+    """Synthetic captions for every shapes item, as the JSONL `edgeclip reinforce --captions-file` reads."""
+    from edgeclip.data.shapes import POSITION_PHRASES
+    from edgeclip.distill.sources import open_source
+
+    source = open_source(train_spec)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(len(source)):
+            sample = source.dataset[i]
+            a = {**sample.attributes, "where": POSITION_PHRASES[sample.attributes["position"]]}
+            captions = [p.format(**a) for p in _PARAPHRASES[:count]]
+            f.write(json.dumps({"uid": source.record(i).uid, "captions": captions}) + "\n")
+    return path
+
+
+def _prepare(output: Path, force: bool) -> None:
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not force:
+            raise UsageError(f"{output} exists: pass --force to replace an earlier quickstart run, or another --output")
+        if not (output / MARKER).is_file():
+            raise UsageError(f"{output} is not a quickstart folder: refusing to replace it, even with --force")
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / MARKER).write_text("made by edgeclip quickstart\n", encoding="utf-8")
+
+
+def _torch_latency_ms(model, image_size: tuple[int, int], repeats: int = 20) -> float:
+    import torch
+
+    x = torch.zeros(1, 3, *image_size)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        model.encode_image(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.encode_image(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _bundle_latency_ms(bundle, image, repeats: int = 20) -> float:
+    from edgeclip.runtimes.preprocess import preprocess
+
+    pixels = preprocess([image], bundle.manifest.preprocess)
+    name = bundle.manifest.encoders["image"].inputs[0].name
+    session = bundle.encoder("image")
+    session.run({name: pixels})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run({name: pixels})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _torch_row(name: str, arch: str, result) -> ModelRow:
+    """A row for a trained PyTorch model, with the accuracies its training run measured at its last step."""
+    from edgeclip.models.loading import load_model
+    from edgeclip.models.preprocess import preprocess_spec_for
+
+    weights = result.model_path
+    loaded = load_model(arch, str(weights))
+    spec, _ = preprocess_spec_for(arch, str(weights))
+    color = [a for s, n, a in result.extra_evals if n == "color" and s == result.steps]
+    params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
+    return ModelRow(name, arch, "pytorch fp32", params, weights.stat().st_size / 1e6, result.final_top1,
+                    color[-1] if color else float("nan"), _torch_latency_ms(loaded.model, spec.image_size))  # fmt: skip
+
+
+def quickstart(
+    output: str | Path = "quickstart-run",
+    *,
+    fast: bool = False,
+    force: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> QuickstartResult:
+    """Teacher → reinforce → distill → export → classify on shapes, offline; returns the summary."""
+    from edgeclip.distill.augment import AugmentConfig
+    from edgeclip.distill.shards import reinforce
+    from edgeclip.distill.train import DistillConfig, open_eval_set, train
+    from edgeclip.export import export_bundle
+    from edgeclip.runtimes import ZeroShotClassifier, load_bundle
+
+    say = on_step or (lambda _m: None)
+    plan = FAST if fast else FULL
+    output = Path(output)
+    _prepare(output, force)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    train_spec = f"shapes:train:{plan.train_samples}"
+    eval_spec = f"shapes:eval:{plan.eval_samples}"
+    augment = AugmentConfig(scale=(0.6, 1.0), num_ops=1, magnitude=3)  # mild: captions name colours
+
+    say(f"[1/6] training the teacher {TEACHER} on {train_spec} with plain CLIP loss ({plan.teacher_steps} steps)")
+    teacher = train(DistillConfig(
+        model=TEACHER, data=train_spec, output=str(output / "teacher"), loss="clip", steps=plan.teacher_steps,
+        batch_size=plan.batch_size, lr=plan.teacher_lr, warmup=max(1, plan.teacher_steps // 10), augment=augment,
+        eval=eval_spec, log_every=50,
+    ))  # fmt: skip
+    lap("teacher")
+    say(f"      teacher zero-shot top-1: shape {teacher.final_top1:.3f}")
+
+    say(f"[2/6] reinforcing {train_spec}: K={plan.augmentations} views, S={plan.synthetic_captions} captions")
+    captions = write_paraphrases(train_spec, output / "synthetic_captions.jsonl", plan.synthetic_captions)
+    reinforced = reinforce(
+        train_spec, [f"{TEACHER}:{teacher.model_path}"], output / "shards", augmentations=plan.augmentations,
+        synthetic_captions=plan.synthetic_captions, captions_file=captions, samples_per_shard=1000, augment=augment,
+        batch_size=64,
+    )  # fmt: skip
+    lap("reinforce")
+    say(f"      {reinforced.images_per_second:.0f} images/s, {reinforced.bytes_per_sample / 1024:.1f} KiB per sample")
+
+    say(f"[3/6] distilling the student {STUDENT} from the stored embeddings ({plan.student_steps} steps)")
+    student = train(DistillConfig(
+        model=STUDENT, data=str(output / "shards"), output=str(output / "student"), loss="reinforced", lam=1.0,
+        steps=plan.student_steps, batch_size=plan.batch_size, lr=plan.student_lr,
+        warmup=max(1, plan.student_steps // 10), eval=eval_spec, log_every=50,
+    ))  # fmt: skip
+    lap("distill")
+    say(f"      student zero-shot top-1: shape {student.final_top1:.3f}")
+
+    say("[4/6] exporting the student to an ONNX bundle")
+    bundle_path = output / "student.edgeclip"
+    export_bundle(STUDENT, str(student.model_path), bundle_path, target="onnx")
+    lap("export")
+
+    say("[5/6] classifying shapes images with the bundle")
+    bundle = load_bundle(bundle_path)
+    eval_set = open_eval_set(eval_spec)
+    classifier = ZeroShotClassifier(bundle, labels=list(eval_set.labels), templates=list(eval_set.templates))
+    bundle.save_head(classifier.head)
+    logits = classifier.logits(eval_set.images, batch_size=128)
+    bundle_top1 = float((logits.argmax(axis=1) == eval_set.targets).mean())
+    colors = eval_set.also[0]
+    color_logits = ZeroShotClassifier(bundle, labels=list(colors.labels), templates=list(colors.templates)).logits(
+        colors.images, batch_size=128
+    )
+    bundle_color = float((color_logits.argmax(axis=1) == colors.targets).mean())
+    samples = output / "samples"
+    samples.mkdir(exist_ok=True)
+    from PIL import Image
+
+    files = []
+    for i in range(4):
+        path = samples / f"{i}-{eval_set.labels[eval_set.targets[i]]}.png"
+        Image.fromarray(eval_set.images[i]).save(path)
+        files.append(path)
+    predictions = tuple(
+        (p.source, eval_set.labels[eval_set.targets[i]], p.label, p.ranked[0][1])
+        for i, p in enumerate(classifier.predict_many(files, top_k=1))
+    )
+    lap("classify")
+
+    say("[6/6] measuring sizes and latency")
+    rows = (
+        _torch_row("teacher", TEACHER, teacher),
+        _torch_row("student", STUDENT, student),
+        ModelRow(
+            "student bundle", STUDENT, "onnxruntime fp32",
+            rows_params(bundle_path), sum(f.stat().st_size for f in bundle_path.rglob("*") if f.is_file()) / 1e6,
+            bundle_top1, bundle_color, _bundle_latency_ms(bundle, eval_set.images[0]),
+        ),
+    )  # fmt: skip
+    lap("measure")
+    result = QuickstartResult(output, bundle_path, rows, predictions, timings, plan)
+    (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def rows_params(bundle_path: Path) -> float:
+    """Parameters (millions) in the bundle's encoder files, counted from their ONNX initializers."""
+    import numpy as np
+    import onnx
+
+    total = 0
+    for file in bundle_path.glob("*.onnx"):
+        model = onnx.load(str(file), load_external_data=False)
+        total += sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    return total / 1e6
+
+
+def format_summary(result: QuickstartResult) -> str:
+    """The table the quickstart prints."""
+    lines = [
+        f"quickstart: {result.output}  (wall time {result.wall_seconds:.0f} s: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items()) + ")",
+        "",
+        f"{'model':<16} {'architecture':<20} {'runtime':<17} {'params':>8} {'size':>9} {'shape':>6} {'colour':>6} "
+        f"{'latency':>9}",
+    ]
+    for r in result.rows:
+        lines.append(
+            f"{r.name:<16} {r.architecture:<20} {r.runtime:<17} {r.params_m:>7.2f}M {r.size_mb:>7.1f}MB "
+            f"{r.top1:>6.3f} {r.top1_color:>6.3f} {r.latency_ms:>7.2f}ms"
+        )
+    lines.append("")
+    lines.append(f"shape / colour: zero-shot top-1 on {result.plan.eval_samples} held-out shapes images "
+                 "(8 shapes, 'a photo of a {}'; 8 colours, 'a photo of a {} shape')")
+    lines.append("latency: median over 20 runs, one 64x64 image")
+    lines.append(f"bundle {result.bundle} classified:")
+    for file, truth, predicted, p in result.predictions:
+        mark = "ok " if truth == predicted else "no "
+        lines.append(f"  {mark} {Path(file).name:<18} -> {predicted} ({p:.2f})")
+    return "\n".join(lines)

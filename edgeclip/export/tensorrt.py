@@ -1,0 +1,290 @@
+"""TensorRT target: engines built from the ONNX export with TensorRT's Python API, on the NVIDIA device itself.
+
+The ONNX target is the declared prerequisite: its fp32 graphs are made TensorRT-ready here (fp16: converted to a
+float16 graph, overflow-prone ops kept float32; int8: a symmetric Q/DQ graph, see `trt_qdq`) and checked in ONNX
+Runtime against fp32. The network is strongly typed (the graph carries the precision: required for Q/DQ and
+fp16 from TensorRT 10.12, the only mode in 11), with one optimization profile on the batch axis
+(1 / opt / max), a workspace limit, and a timing cache kept between builds so rebuilds are fast.
+
+Engines are device-specific, so building needs the NVIDIA GPU that will run them. Elsewhere the target stops at
+once, before the model loads; ``onnx_only`` (``--onnx-only``) writes the TensorRT-ready ONNX graphs, checked, as a
+bundle whose manifest carries the ``trtexec`` line that builds each engine on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
+from edgeclip.export.options import PARITY_FLOORS, EncoderFile, EncoderFiles, Encoders, ExportOptions
+from edgeclip.export.targets import TargetSpec, register_target
+from edgeclip.runtimes.backends.tensorrt import tensorrt_unavailable
+from edgeclip.runtimes.manifest import EncoderSpec, TensorRTRecord, TensorSpec
+
+DEFAULT_MAX_BATCH = 32
+DEFAULT_WORKSPACE_MIB = 2048
+MAX_BATCH_LIMIT = 4096
+ROLES = ("image", "text")
+
+SPEC = TargetSpec(
+    name="tensorrt",
+    description="TensorRT engines (.engine) for NVIDIA GPUs and Jetson, built on the device that runs them",
+    precisions=("fp16", "int8"),
+    file_suffix=".engine",
+    dynamic_batch=True,
+    requires="an NVIDIA GPU with TensorRT 10+ to build and run engines (--onnx-only prepares the graphs anywhere)",
+    extra="tensorrt",
+    platforms=("Linux x86_64 + NVIDIA GPU", "Jetson (JetPack 6+)", "Windows + NVIDIA GPU"),
+    options=("max_batch", "opt_batch", "workspace", "calibration", "calibration_method", "onnx_only", "timing_cache"),
+)
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """The validated target options of a TensorRT export."""
+
+    precision: str
+    max_batch: int
+    opt_batch: int
+    workspace_mib: int
+    calibration: object | None  # a CalibrationSet or a path (.npz, folder); int8 only
+    calibration_method: str
+    onnx_only: bool
+    timing_cache: Path | None  # None: a per-device file under the user's cache folder
+
+
+def _whole(key: str, value: Any, low: int, high: int) -> int:
+    ok = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
+    if not ok or not low <= int(value) <= high:
+        raise UsageError(f"tensorrt {key} {value!r}: expected a whole number from {low} to {high}")
+    return int(value)
+
+
+def parse_options(precision: str, options: dict[str, Any]) -> TensorRTOptions:
+    """The TensorRT options from an export's target_options, or a UsageError naming the bad value."""
+    from edgeclip.export.onnx_quant import parse_options as parse_precision_options
+
+    max_batch = _whole("max_batch", options.get("max_batch", DEFAULT_MAX_BATCH), 1, MAX_BATCH_LIMIT)
+    opt_batch = _whole("opt_batch", options.get("opt_batch", max(1, max_batch // 2)), 1, MAX_BATCH_LIMIT)
+    if opt_batch > max_batch:
+        raise UsageError(f"tensorrt opt_batch {opt_batch} is larger than max_batch {max_batch}: expected 1 to "
+                         f"{max_batch}")
+    workspace = _whole("workspace", options.get("workspace", DEFAULT_WORKSPACE_MIB), 16, 1 << 20)
+    # The calibration options mean what they mean for the ONNX target (one parser, one set of messages).
+    calib_options = {k: options[k] for k in ("calibration", "calibration_method") if options.get(k) is not None}
+    if precision == "int8" and "calibration" not in calib_options:
+        raise UsageError("--target tensorrt --precision int8 needs --calibration (a .npz from `edgeclip calibrate`, "
+                         "or a folder of images): TensorRT int8 is a calibrated Q/DQ graph")
+    request = parse_precision_options(precision, calib_options)
+    cache = options.get("timing_cache")
+    return TensorRTOptions(precision, max_batch, opt_batch, workspace, request.calibration, request.method,
+                           bool(options.get("onnx_only", False)), Path(str(cache)) if cache else None)
+
+
+def validate_options(options: ExportOptions) -> ExportOptions:
+    """Check the options, then stop at once where engines cannot be built (unless only the ONNX stage is asked)."""
+    opts = parse_options(options.precision, options.target_options)
+    if not opts.onnx_only:
+        reason = tensorrt_unavailable()
+        if reason is not None:
+            raise RuntimeUnavailable(
+                f"the tensorrt target builds engines on the NVIDIA GPU that runs them, and here {reason}: pass "
+                "--onnx-only to write the checked TensorRT-ready ONNX graphs here and build the engines on the device"
+            )
+    return options
+
+
+# --- the ONNX stage (runs anywhere) ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadyGraph:
+    """One TensorRT-ready ONNX graph, its fp32 source, its input and output, and what its check measured."""
+
+    role: str
+    path: Path
+    fp32: Path
+    input: TensorSpec
+    output: TensorSpec
+    check: dict[str, Any]
+
+
+def prepare_onnx(fp32: EncoderFiles, fp32_dir: Path, ready_dir: Path, opts: TensorRTOptions, calib, spec,
+                 tokenizer) -> tuple[dict[str, ReadyGraph], dict[str, np.ndarray]]:
+    """Write the fp16 or int8 Q/DQ graphs TensorRT builds from, each checked in ONNX Runtime against fp32.
+
+    `calib` is the resolved CalibrationSet (int8) or None. Returns the graphs by role and the held-out inputs
+    (never used for calibration) they were compared on.
+    """
+    from edgeclip.export.onnx_quant import gate_inputs
+    from edgeclip.export.parity import compare
+    from edgeclip.export.quantize import convert_fp16
+    from edgeclip.export.trt_qdq import check_tensorrt_qdq, quantize_for_tensorrt, run_onnx_cpu
+
+    held = gate_inputs(calib, spec, tokenizer)
+    samples = {"image": held.pixels, "text": held.texts}
+    calibration = {"image": held.image_feeds, "text": held.text_feeds}
+    floor = PARITY_FLOORS[opts.precision]
+    ready_dir.mkdir(parents=True, exist_ok=True)
+    graphs = {}
+    for role, file in (("image", fp32.image), ("text", fp32.text)):
+        src, dst = fp32_dir / file.file, ready_dir / file.file
+        if opts.precision == "int8":
+            quantized = quantize_for_tensorrt(src, dst, calibration[role], method=opts.calibration_method)
+            check: dict[str, Any] = {"quantized_nodes": len(quantized), **check_tensorrt_qdq(dst).to_dict()}
+        else:
+            convert_fp16(src, dst)
+            check = {"fp16_keep_float": "see edgeclip.export.quantize.FP16_KEEP_FLOAT"}
+        feed = {file.inputs[0].name: samples[role]}
+        report = compare(run_onnx_cpu(src, feed), run_onnx_cpu(dst, feed), "onnxruntime cpu, fp32 onnx export")
+        if report.min_cosine < floor:
+            raise ExportError(f"the TensorRT-ready {opts.precision} {role} graph drifts from fp32 in ONNX Runtime: "
+                              f"min cosine {report.min_cosine:.5f} < {floor} over {report.samples} held-out inputs")
+        check["vs_fp32_onnxruntime"] = report.to_dict()
+        graphs[role] = ReadyGraph(role, dst, src, file.inputs[0], file.outputs[0], check)
+    return graphs, {graphs[r].input.name: samples[r] for r in ROLES}
+
+
+def _dims(spec: TensorSpec, batch: int) -> str:
+    return "x".join(str(d) for d in (batch, *spec.shape[1:]))
+
+
+def trtexec_command(graph: ReadyGraph, engine: str, opts: TensorRTOptions) -> str:
+    """The trtexec line that builds the same engine from an --onnx-only bundle's graph, on the device."""
+    name = graph.input.name
+    return (
+        f"trtexec --onnx={graph.path.name} --saveEngine={engine} --stronglyTyped "
+        f"--minShapes={name}:{_dims(graph.input, 1)} --optShapes={name}:{_dims(graph.input, opts.opt_batch)} "
+        f"--maxShapes={name}:{_dims(graph.input, opts.max_batch)} --memPoolSize=workspace:{opts.workspace_mib}M "
+        "--timingCacheFile=edgeclip-tensorrt.timing"
+    )
+
+
+# --- the engine stage (NVIDIA GPU only) ------------------------------------------------------------------------------
+
+
+def default_timing_cache(facts: dict[str, str]) -> Path:
+    """Where the timing cache lives: one file per TensorRT version and GPU, under the user's cache folder."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeclip" / "tensorrt"
+    gpu = "".join(c if c.isalnum() else "-" for c in facts["gpu_name"]).strip("-")
+    return root / f"trt{facts['tensorrt_version']}-{gpu}-sm{facts['compute_capability'].replace('.', '')}.timing"
+
+
+def build_engine(graph: ReadyGraph, engine_path: Path, opts: TensorRTOptions, cache_path: Path) -> None:
+    """Build one strongly typed engine from a TensorRT-ready graph, reading and updating the timing cache."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is None:
+        raise RuntimeUnavailable(f"TensorRT {trt.__version__} has no strongly typed networks: the tensorrt target "
+                                 "needs TensorRT 10 or later")
+    network = builder.create_network(1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(graph.path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        first = errors[0].strip().splitlines()[0] if errors else "no error reported"
+        raise ExportError(f"TensorRT {trt.__version__} cannot parse the {graph.role} encoder graph: {first}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
+    rest = tuple(int(d) for d in graph.input.shape[1:])
+    profile = builder.create_optimization_profile()
+    profile.set_shape(graph.input.name, (1, *rest), (opts.opt_batch, *rest), (opts.max_batch, *rest))
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, False)  # False: a cache from another device is refused
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"TensorRT {trt.__version__} could not build the {graph.role} encoder engine "
+                          f"(max batch {opts.max_batch}, workspace {opts.workspace_mib} MiB): see its log above")
+    engine_path.write_bytes(memoryview(plan))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}")
+    tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    tmp.replace(cache_path)  # another build reading the cache sees the old file or the new one, never half
+
+
+def engine_parity(graph: ReadyGraph, engine_path: Path, inputs: np.ndarray, reference: str):
+    """The engine's embeddings against ONNX Runtime fp32 (CPU) on the held-out inputs: a ParityReport."""
+    from edgeclip.export.parity import compare
+    from edgeclip.export.trt_qdq import run_onnx_cpu
+    from edgeclip.runtimes.backends import RuntimeOptions
+    from edgeclip.runtimes.backends.tensorrt import TensorRTBackend
+
+    spec = EncoderSpec(engine_path.name, "", (graph.input,), (graph.output,))
+    engine = TensorRTBackend(engine_path, spec, RuntimeOptions())
+    expected = run_onnx_cpu(graph.fp32, {graph.input.name: inputs})
+    return compare(expected, engine.run({graph.input.name: inputs})[0], reference)
+
+
+# --- the target ------------------------------------------------------------------------------------------------------
+
+
+@register_target(SPEC, validate=validate_options)
+def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> EncoderFiles:
+    """Write image_encoder.engine and text_encoder.engine (or, with onnx_only, the TensorRT-ready .onnx graphs)."""
+    from edgeclip.export import onnx as onnx_target
+    from edgeclip.export.onnx_quant import resolve_calibration
+    from edgeclip.runtimes.tokenizer import Tokenizer
+
+    opts = parse_options(options.precision, options.target_options)
+    # Before the fp32 export: a calibration set made for other preprocessing fails here, fast.
+    calib = resolve_calibration(opts.calibration, encoders.preprocess) if opts.precision == "int8" else None
+    tokenizer = Tokenizer.from_file(out_dir / "tokenizer.json", encoders.tokenizer)
+    files: dict[str, EncoderFile] = {}
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        fp32_dir = Path(tmp) / "fp32"
+        fp32 = onnx_target.export(encoders, fp32_dir, ExportOptions("onnx", "fp32", options.opset))
+        graphs, held_out = prepare_onnx(fp32, fp32_dir, Path(tmp) / "ready", opts, calib, encoders.preprocess,
+                                        tokenizer)
+        info: dict[str, Any] = {
+            "onnx_stage": {role: g.check for role, g in graphs.items()},
+            "opset": fp32.target_info.get("opset"),
+            "batch_profile": {"min": 1, "opt": opts.opt_batch, "max": opts.max_batch},
+        }
+        if opts.onnx_only:
+            for role, g in graphs.items():
+                shutil.copyfile(g.path, out_dir / g.path.name)
+                files[role] = EncoderFile(g.path.name, (g.input,), (g.output,))
+            info["stage"] = "onnx (build the engines on the NVIDIA device)"
+            info["trtexec"] = {role: trtexec_command(g, f"{role}_encoder.engine", opts) for role, g in graphs.items()}
+        else:
+            info.update(_build(graphs, held_out, out_dir, opts, files))
+    calibration = None if calib is None else {
+        "method": opts.calibration_method, "format": "QDQ (symmetric int8 activations and per-channel weights)",
+        "recipe": "tensorrt (edgeclip.export.trt_qdq)", "set": calib.describe(),
+    }
+    return EncoderFiles(image=files["image"], text=files["text"], target_info=info, calibration=calibration)
+
+
+def _build(graphs: dict[str, ReadyGraph], held_out: dict[str, np.ndarray], out_dir: Path, opts: TensorRTOptions,
+           files: dict[str, EncoderFile]) -> dict[str, Any]:
+    """Build both engines into `out_dir`, measure them against ONNX Runtime fp32, and return the manifest facts."""
+    from edgeclip.runtimes.backends.tensorrt import device_facts
+
+    facts = device_facts()
+    cache = opts.timing_cache or default_timing_cache(facts)
+    floor = PARITY_FLOORS[opts.precision]
+    parity = {}
+    for role, g in graphs.items():
+        engine = out_dir / f"{role}_encoder.engine"
+        build_engine(g, engine, opts, cache)
+        report = engine_parity(g, engine, held_out[g.input.name], "onnxruntime fp32 (cpu), same inputs")
+        if report.min_cosine < floor:
+            raise ExportError(f"{role} engine parity failed: min cosine {report.min_cosine:.5f} to ONNX Runtime fp32 "
+                              f"< {floor} over {report.samples} inputs ({opts.precision})")
+        parity[role] = report.to_dict()
+        files[role] = EncoderFile(engine.name, (g.input,), (g.output,))
+    record = TensorRTRecord(facts["tensorrt_version"], facts["gpu_name"], facts["compute_capability"],
+                            (1, opts.opt_batch, opts.max_batch), opts.workspace_mib)
+    return {"tensorrt": record.to_dict(), "stage": "engine", "parity_vs_onnxruntime_fp32": parity,
+            "timing_cache": cache.name}
+
