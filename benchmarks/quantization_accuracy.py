@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "edgeclip-quant-acc")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-calibration-timing", action="store_true")
-    parser.add_argument("--rows", default="fp32,fp16,int8,int8-dynamic", help="bundles to compare (fp32 always)")
+    parser.add_argument("--rows", default="fp32,fp16,int8,int8-static-text,int8-dynamic",
+                        help="bundles to compare (fp32 always)")
     args = parser.parse_args()
     args.rows = {"fp32", *args.rows.split(",")}
     warnings.filterwarnings("ignore")
@@ -122,6 +123,7 @@ def main() -> None:
         ("fp32", "fp32", {}),
         ("fp16", "fp16", {}),
         ("int8", "int8", {"calibration": [calib_folder]}),
+        ("int8-static-text", "int8", {"calibration": [calib_folder], "text_int8": "static"}),
         ("int8-dynamic", "int8", {"dynamic": True}),
     ):
         if name not in args.rows:
@@ -159,9 +161,9 @@ def main() -> None:
                      "text_p1_cos": float(np.percentile(ct, 1))})
     results["rows"] = rows
     print(f"\nshapes eval split ({len(images)} images, zero-shot over {len(SHAPES)} shapes), cosine vs the fp32 bundle")
-    print(f"{'bundle':<14}{'shape':>8}{'colour':>8}{'img mean':>10}{'img p1':>9}{'txt mean':>10}{'txt p1':>9}")
+    print(f"{'bundle':<18}{'shape':>8}{'colour':>8}{'img mean':>10}{'img p1':>9}{'txt mean':>10}{'txt p1':>9}")
     for r in rows:
-        print(f"{r['bundle']:<14}{r['top1'] * 100:7.2f}%{r['color_top1'] * 100:7.2f}%"
+        print(f"{r['bundle']:<18}{r['top1'] * 100:7.2f}%{r['color_top1'] * 100:7.2f}%"
               f"{r['image_mean_cos']:10.5f}{r['image_p1_cos']:9.5f}{r['text_mean_cos']:10.5f}{r['text_p1_cos']:9.5f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

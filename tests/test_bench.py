@@ -383,6 +383,15 @@ def test_target_options_ride_in_the_item_and_are_checked_by_the_target() -> None
     assert "onnx:int8+KEY[=VALUE]" in expanded["onnx:int8"].invalid
 
 
+def test_a_file_option_names_its_row_by_file_name_so_rows_match_across_machines(tmp_path: Path) -> None:
+    calib = tmp_path / "deep" / "folder" / "calib.npz"
+    calib.parent.mkdir(parents=True)
+    calib.write_bytes(b"")
+    (cand,) = parse_targets([f"onnx:int8+calibration={calib}"])
+    assert cand.name == "onnx:int8+calibration=calib.npz"
+    assert cand.options == (("calibration", str(calib)),)  # the export still gets the whole path
+
+
 def test_a_target_this_machine_cannot_build_is_a_row_not_an_error() -> None:
     """TensorRT without its package or GPU: the item is right, this machine cannot build it: ❌ with why."""
     from edgeclip.export.targets import list_targets

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -119,7 +119,10 @@ def parse_targets(items: Sequence[str]) -> list[Candidate]:
                 raise UsageError(
                     f"target {name!r} has no precision {precision!r}: expected one of {', '.join(spec.precisions)}"
                 )
-            label = f"{name}:{precision}" + "".join(f"+{k}" if v is True else f"+{k}={v}" for k, v in options)
+            # A file option is named by its file name, so the same row matches across machines and folders.
+            label = f"{name}:{precision}" + "".join(
+                f"+{k}" if v is True else f"+{k}={PurePath(str(v)).name or v}" for k, v in options
+            )
             cand = Candidate(label, "bundle", name, precision, export=True, options=options)
             try:
                 _check_export_request(cand)

@@ -17,7 +17,7 @@ SPEC = TargetSpec(
     file_suffix=".onnx",
     dynamic_batch=True,
     extra=None,
-    options=("calibration", "calibration_method", "auto_exclude", "dynamic", "max_cosine_drop"),
+    options=("calibration", "calibration_method", "auto_exclude", "dynamic", "max_cosine_drop", "text_int8"),
 )
 
 _DTYPES = {"torch.float32": "float32", "torch.int64": "int64", "torch.int32": "int32", "torch.float16": "float16"}
