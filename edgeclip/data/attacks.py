@@ -28,7 +28,6 @@ Digital injection (a deepfake fed into the camera stream) leaves no capture cue 
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from edgeclip.data.images import ImageLike, load_image
+from edgeclip.data.images import ImageLike, jpeg_round_trip, load_image
 from edgeclip.errors import UsageError
 
 FaceBox = tuple[int, int, int, int]  # x, y, width, height
@@ -177,11 +176,7 @@ def _blur(pixels: np.ndarray, radius: float) -> np.ndarray:
 
 
 def _jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
-    buffer = io.BytesIO()
-    _to_pil(pixels).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return _from_pil(decoded)
+    return _from_pil(jpeg_round_trip(_to_pil(pixels), quality))
 
 
 def _printed(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -11,14 +11,13 @@ averages noise and JPEG blocks away).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from edgeclip.data.images import ImageLike, load_image
+from edgeclip.data.images import ImageLike, jpeg_round_trip, load_image
 from edgeclip.errors import UsageError
 
 LEVELS = 5
@@ -119,11 +118,7 @@ def _noise(image: Image.Image, value: float, rng: np.random.Generator) -> Image.
     values=(40.0, 25.0, 15.0, 9.0, 5.0),
 )
 def _jpeg(image: Image.Image, value: float, rng: np.random.Generator) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(value))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
+    return jpeg_round_trip(image, int(value))
 
 
 @register_degradation(

@@ -15,6 +15,7 @@ Where they differ, on purpose:
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -77,6 +78,15 @@ def load_image(src: ImageLike) -> Image.Image:
     if isinstance(src, (str, os.PathLike)):
         return _from_path(src)
     raise ImageError(f"cannot read an image from a {type(src).__name__}; expected a path, a PIL image or a uint8 array")
+
+
+def jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
+    """The RGB image after JPEG compression at `quality` (1-95) and decoding: compression artefacts on demand."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
 
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
