@@ -158,13 +158,45 @@ def test_recipe_quantizes_linear_layers_not_attention_products(tiny_bundle: Path
     model = onnx.load(str(image))
     inits = {t.name for t in model.graph.initializer}
     by_name = {n.name: n for n in model.graph.node}
+    # Convs and linear layers with constant weights; a ViT's residual Adds stay float (conv residuals: next test).
     assert nodes and all(by_name[n].input[1] in inits for n in nodes)
+    assert not any(by_name[n].op_type == "Add" for n in nodes)
     attention = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in inits]
     assert not set(attention) & set(nodes)
     calib = load_calibration_set(calib_npz)
     quantize_static_int8(image, tmp_path / "q.onnx", feeds({"pixels": calib.pixels[:8]}), method="percentile")
     session = onnxruntime.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, {"pixels": calib.pixels[:2]})[0].shape[0] == 2
+    ops = _ops(tmp_path / "q.onnx")
+    assert "FastGelu" in ops and "Erf" not in ops  # the image recipe's tanh GELU
+
+
+def test_image_recipe_takes_conv_residual_adds_not_biases(tmp_path: Path) -> None:
+    """In a conv block `x + conv(x)` the Add is quantized (the chain stays int8); `y + bias` and `x + x` are not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w_dw": rng.normal(size=(4, 1, 3, 3)).astype(np.float32),
+        "w_pw": rng.normal(size=(4, 4, 1, 1)).astype(np.float32),
+        "bias": rng.normal(size=(1, 4, 1, 1)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w_dw"], ["dw"], name="dw", group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["dw", "w_pw"], ["pw"], name="pw"),
+        helper.make_node("Add", ["x", "pw"], ["res"], name="residual"),
+        helper.make_node("Add", ["res", "bias"], ["biased"], name="bias_add"),
+        helper.make_node("Add", ["x", "x"], ["y"], name="plain_add"),
+        helper.make_node("Add", ["biased", "y"], ["out"], name="merge"),
+    ]
+    graph = helper.make_graph(
+        nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    path = tmp_path / "block.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    assert quantized_nodes(path, RECIPES["edgeclip-image"]) == ["dw", "pw", "residual"]
 
 
 def test_fuse_gelu_is_exact(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -178,3 +210,15 @@ def test_fuse_gelu_is_exact(tiny_bundle: Path, tmp_path: Path) -> None:
            for p in (tiny_bundle / "text_encoder.onnx", tmp_path / "fused.onnx")}
     a, b = run.values()
     assert np.allclose(a[0], b[0], atol=1e-5)
+
+
+def test_fuse_gelu_tanh_form_is_close_and_bad_form_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(tiny_bundle / "text_encoder.onnx"))
+    assert fuse_gelu(model, "tanh") and "FastGelu" in {n.op_type for n in model.graph.node}
+    onnx.save(model, str(tmp_path / "tanh.onnx"))
+    tokens = np.random.default_rng(1).integers(1, 1000, size=(3, 77)).astype(np.int64)
+    a, b = (onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"token_ids": tokens})[0]
+            for p in (tiny_bundle / "text_encoder.onnx", tmp_path / "tanh.onnx"))
+    assert not np.array_equal(a, b) and float((a * b).sum(1).min()) > 0.9999  # L2-normalized outputs
+    with pytest.raises(ValueError, match="GELU form 'cubic' is unknown"):
+        fuse_gelu(onnx.load(str(tiny_bundle / "text_encoder.onnx")), "cubic")

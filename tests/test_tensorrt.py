@@ -124,7 +124,7 @@ def test_ready_bundle_cannot_run_as_engines(ready_bundle: Path, photos) -> None:
 
 
 def test_check_refuses_onnxruntime_int8_graphs(tiny_bundle: Path, tmp_path: Path) -> None:
-    """edgeclip's ORT recipe (uint8 activations, com.microsoft Gelu) is not a TensorRT graph: the check says why."""
+    """edgeclip's ORT recipe (uint8 activations, com.microsoft FastGelu) is not a TensorRT graph: the check says why."""
     from edgeclip.export.quantize import quantize_static_int8
 
     spec = load_bundle(tiny_bundle).manifest.preprocess
@@ -132,7 +132,7 @@ def test_check_refuses_onnxruntime_int8_graphs(tiny_bundle: Path, tmp_path: Path
     feeds = [{"pixels": pixels[i : i + 1]} for i in range(len(pixels))]
     ort_graph = tmp_path / "ort.onnx"
     quantize_static_int8(tiny_bundle / "image_encoder.onnx", ort_graph, feeds, recipe="edgeclip-image")
-    with pytest.raises(ExportError, match=r"node \S+ \(com.microsoft.Gelu\) is not a standard ONNX op"):
+    with pytest.raises(ExportError, match=r"node \S+ \(com.microsoft.(Fast)?Gelu\) is not a standard ONNX op"):
         check_tensorrt_qdq(ort_graph)
     # Asymmetric uint8 activations (the ORT recipe's), in a graph of standard ops.
     from onnx import helper

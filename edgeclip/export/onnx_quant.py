@@ -286,6 +286,7 @@ def lower_precision(
             text_int8=request.text_int8,
             method=request.method,
             recipes={role: RECIPE_FOR[role] for role in static},
+            recipe_details={role: RECIPES[RECIPE_FOR[role]].description for role in static},
             set=calib.describe(),
             held_out_images=len(inputs.pixels),
             excluded_nodes=excluded,

@@ -17,15 +17,28 @@ from edgeclip.errors import ExportError, UsageError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 Feeds = Iterable[Mapping[str, np.ndarray]]
-# Decides per node whether a recipe quantizes it, given the node and the graph's initializers by name.
-NodeFilter = Callable[[object, dict[str, object]], bool]
+@dataclass(frozen=True)
+class GraphIndex:
+    """What a recipe's node filter may look at: the graph's initializers, and which node produces each tensor."""
+
+    initializers: dict[str, object]
+    producer: dict[str, object]
+
+    @classmethod
+    def of(cls, model) -> GraphIndex:
+        return cls({t.name: t for t in model.graph.initializer},
+                   {out: n for n in model.graph.node for out in n.output})
 
 
-def _conv_kind(node, initializers: dict) -> str | None:
+# Decides per node whether a recipe quantizes it.
+NodeFilter = Callable[[object, GraphIndex], bool]
+
+
+def _conv_kind(node, graph: GraphIndex) -> str | None:
     """'pointwise' (1x1, group 1), 'depthwise' (group > 1), 'spatial' (kxk, group 1) or None for non-Conv nodes."""
     if node.op_type != "Conv":
         return None
-    weight = initializers.get(node.input[1])
+    weight = graph.initializers.get(node.input[1])
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     if weight is None:
         return "spatial"
@@ -34,21 +47,30 @@ def _conv_kind(node, initializers: dict) -> str | None:
     return "pointwise" if tuple(weight.dims[2:]) == (1, 1) else "spatial"
 
 
-def _pointwise_conv(node, initializers: dict) -> bool:
-    return _conv_kind(node, initializers) == "pointwise"
-
-
-def _any(_node, _initializers: dict) -> bool:
+def _any(_node, _graph: GraphIndex) -> bool:
     return True
 
 
-def _linear_matmul(node, initializers: dict) -> bool:
+def linear_matmul(node, graph: GraphIndex) -> bool:
     """MatMul/Gemm with a constant weight (a linear layer), not attention's activation x activation products."""
-    return node.op_type in ("MatMul", "Gemm") and any(name in initializers for name in node.input[1:2])
+    return node.op_type in ("MatMul", "Gemm") and any(name in graph.initializers for name in node.input[1:2])
 
 
-def _pointwise_conv_or_linear(node, initializers: dict) -> bool:
-    return _pointwise_conv(node, initializers) or _linear_matmul(node, initializers)
+def _conv_residual_add(node, graph: GraphIndex) -> bool:
+    """An Add of two activations, one of them a Conv's output: a conv block's residual connection.
+
+    Not a bias or GELU's `1 + erf` (a constant input), nor a transformer's residual stream, whose outlier channels
+    per-tensor int8 handles badly.
+    """
+    if node.op_type != "Add" or any(name in graph.initializers for name in node.input):
+        return False
+    return any(getattr(graph.producer.get(name), "op_type", None) == "Conv" for name in node.input)
+
+
+def _conv_chain(node, graph: GraphIndex) -> bool:
+    """1x1 and depthwise convs, linear MatMul/Gemm and conv residual Adds: what keeps a FastViT block int8."""
+    return (_conv_kind(node, graph) in ("pointwise", "depthwise") or linear_matmul(node, graph)
+            or _conv_residual_add(node, graph))
 
 
 @dataclass(frozen=True)
@@ -63,19 +85,27 @@ class QuantRecipe:
     activation_type: str = "uint8"
     weight_type: str = "int8"
     extra_options: dict[str, object] = field(default_factory=dict)
+    gelu: str = "exact"  # after quantizing, GELU chains become com.microsoft Gelu ("exact") or FastGelu ("tanh")
+    float_first: int = 0  # the first N selected nodes in graph order (the stem, the first projection) stay float
 
 
-# The edgeclip image recipe. MobileCLIP2-S0 image encoder, batch 1, 2 threads, on a shared 2-core Zen4 (AVX-512
-# VNNI) whose load inflated every figure ~6x (ratios measured interleaved, same run; benchmarks/ has the clean
-# numbers): fp32 185 ms; ORT's default quantize_static (every op) 415 ms; Conv+MatMul S8S8 per-channel 383 ms;
-# all Conv U8S8 per-channel 168 ms; pointwise (1x1) Conv only, U8S8 per-channel 147 ms (QDQ) / 138 ms (QOperator).
-# Profiled, that recipe spent 84 ms/run in an unfused GELU (ORT's GeluFusion does not fire once the GELU input
-# comes from a DequantizeLinear) against 53 ms fused in fp32: `fuse_gelu` restores it after quantizing
-# (another run: fp32 389 ms, pointwise int8 288 ms, + fused GELU 219 ms = 1.78x).
-# 1x1 convs are ~70% of fp32 time and run as QLinearConv on VNNI; Q/DQ around depthwise convs, GELU and residual
-# adds cut ORT's NCHWc layout into reorders and cost more than int8 saves there, so those stay float (which is
-# also where CLIP-class encoders lose accuracy: LayerNorm, GELU, Softmax, residuals). U8 activations: ORT's x86
-# QLinearConv kernels are U8S8; S8S8 is converted at run time. QDQ (not QOperator) so TensorRT can read the file.
+# The edgeclip image recipe, measured on the MobileCLIP2-S0 image encoder (batch 1, AVX-512 VNNI Zen4; ratios from
+# one interleaved run each, ORT's profiler for where the time goes):
+# - Every simple recipe loses to fp32: ORT's default quantize_static (every op) 0.45x; Conv+MatMul S8S8 0.48x.
+# - 1x1 convs are ~70% of fp32 time and run as U8S8 QLinearConv on VNNI. Quantizing only them (the first recipe)
+#   gave 1.78-2.08x at 2 threads, but left float depthwise convs and residual adds between int8 convs, so ORT ran
+#   the int8 convs NHWC and the float ones NCHWc with ~70 reorders/transposes and Q/DQ pairs between them.
+# - Depthwise convs and residual Adds int8 too keep the whole conv chain int8 NHWC (29 transposes, all in the
+#   attention stage); only GELU leaves int8, between a DequantizeLinear and a QuantizeLinear (1 thread: 62.6 ms
+#   -> 56.2 ms). The stem's 3x3 conv stays float (no faster int8, and the first layer is the sensitive one).
+# - GELU is then ~20% of the int8 time: ORT's exact-erf Gelu kernel costs ~1.7 ns/element, its tanh-form FastGelu
+#   ~1 ns (56.2 -> 52.3 ms). The tanh form differs from erf GELU by < 5e-4, far below an int8 step; the accuracy
+#   gate measures the whole int8 model against fp32 anyway. (A uint8 lookup table, Cast + Gather, ran 10 ns/element.)
+# - U8 activations: ORT's x86 QLinearConv kernels are U8S8; S8S8 is converted at run time. QDQ (not QOperator, which
+#   measured the same) so the file stays a plain ONNX QDQ graph.
+# Depthwise convs, GELU, LayerNorm, Softmax and residuals are where CLIP-class encoders lose accuracy under int8:
+# `--auto-exclude` keeps the worst of them float until the gate passes; benchmarks/quantization_accuracy.py
+# measures the recipe on a trained model.
 RECIPES: dict[str, QuantRecipe] = {}
 
 
@@ -89,12 +119,13 @@ def register_recipe(recipe: QuantRecipe) -> QuantRecipe:
 
 register_recipe(QuantRecipe("default", "ONNX Runtime's quantize_static defaults (every op, per-tensor, S8S8)", None,
                             per_channel=False, activation_type="int8"))
-register_recipe(QuantRecipe("edgeclip-image", "1x1 Conv and linear MatMul/Gemm, U8S8, per-channel symmetric weights",
-                            ("Conv", "MatMul", "Gemm"), _pointwise_conv_or_linear))
+register_recipe(QuantRecipe("edgeclip-image", "1x1 and depthwise Conv, linear MatMul/Gemm and residual Add, U8S8, "
+                            "per-channel symmetric weights, tanh GELU", ("Conv", "MatMul", "Gemm", "Add"), _conv_chain,
+                            gelu="tanh"))
 # Text tower (a transformer: MatMul/Gemm and attention): MatMul weights int8, activations U8; LayerNorm, Softmax,
 # GELU and residual adds float.
 register_recipe(QuantRecipe("edgeclip-text", "linear MatMul/Gemm only, U8S8, per-channel symmetric weights",
-                            ("MatMul", "Gemm"), _linear_matmul))
+                            ("MatMul", "Gemm"), linear_matmul))
 
 # Ops kept in float32 by the fp16 conversion: reductions and exponentials that overflow or lose range in fp16
 # (LayerNorm's variance, Softmax's exp, L2 normalization's sum of squares and division).
@@ -126,13 +157,14 @@ def quantized_nodes(model_path: Path, recipe: QuantRecipe, exclude: Iterable[str
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
-    inits = {t.name: t for t in model.graph.initializer}
+    graph = GraphIndex.of(model)
     skip = set(exclude)
-    return [
+    selected = [
         n.name
         for n in model.graph.node
-        if (recipe.op_types is None or n.op_type in recipe.op_types) and recipe.select(n, inits) and n.name not in skip
-    ]
+        if (recipe.op_types is None or n.op_type in recipe.op_types) and recipe.select(n, graph)
+    ]  # ONNX graphs are topologically sorted, so graph order is the order the data flows in
+    return [name for name in selected[recipe.float_first:] if name not in skip]
 
 
 def quantize_static_int8(
@@ -176,7 +208,7 @@ def quantize_static_int8(
                 calibrate_method=methods[check_method(method)],
                 extra_options={"WeightSymmetric": True, **spec.extra_options},
             )
-            _fuse_gelu_file(Path(dst))
+            _fuse_gelu_file(Path(dst), spec.gelu)
         except Exception as e:  # ORT's quantizer raises plain exceptions of many kinds; report one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"int8 quantization of {Path(src).name} failed: {first}") from None
@@ -245,15 +277,21 @@ def _scalar(initializers: dict, name: str) -> float | None:
     return float(value.ravel()[0]) if value.size == 1 else None
 
 
-def fuse_gelu(model) -> int:
+GELU_OPS = {"exact": "Gelu", "tanh": "FastGelu"}  # com.microsoft ops: erf GELU, and its tanh approximation
+
+
+def fuse_gelu(model, form: str = "exact") -> int:
     """Replace exact-erf GELU chains, `(x * (1 + erf(x / sqrt2))) * 0.5`, by ONNX Runtime's Gelu op; the count.
 
     ORT fuses these itself in a float graph, but not once x comes out of a DequantizeLinear, and the unfused
-    Div/Erf/Add/Mul/Mul chain also breaks its NCHWc layout. The result uses the com.microsoft domain, which
-    ONNX Runtime runs on every execution provider edgeclip uses.
+    Div/Erf/Add/Mul/Mul chain also breaks its NCHWc layout. `form="tanh"` writes FastGelu, the tanh approximation
+    (within 5e-4 of erf GELU, ~1.7x faster in ORT). The result uses the com.microsoft domain, which ONNX Runtime
+    runs on every execution provider edgeclip uses.
     """
     from onnx import helper
 
+    if form not in GELU_OPS:
+        raise ValueError(f"GELU form {form!r} is unknown: expected one of {', '.join(GELU_OPS)}")
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {out: n for n in graph.node for out in n.output}
@@ -285,7 +323,7 @@ def fuse_gelu(model) -> int:
         if not close(next((i for i in half.input if i != mul.output[0]), None), 0.5):
             continue
         dropped |= {id(div), id(erf), id(add), id(mul)}
-        replaced[id(half)] = helper.make_node("Gelu", [x], [half.output[0]], name=f"{erf.name}_gelu",
+        replaced[id(half)] = helper.make_node(GELU_OPS[form], [x], [half.output[0]], name=f"{erf.name}_gelu",
                                               domain="com.microsoft")
     nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in dropped]
     del graph.node[:]
@@ -295,9 +333,9 @@ def fuse_gelu(model) -> int:
     return len(replaced)
 
 
-def _fuse_gelu_file(path: Path) -> None:
+def _fuse_gelu_file(path: Path, form: str = "exact") -> None:
     import onnx
 
     model = onnx.load(str(path))
-    if fuse_gelu(model):
+    if fuse_gelu(model, form):
         onnx.save(model, str(path))
