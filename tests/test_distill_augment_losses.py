@@ -136,3 +136,15 @@ def test_distill_loss_mixes_clip_and_kd_summed_over_real_and_synthetic_captions(
     same, _ = distill_loss(t_img, [t_txt[0]], torch.tensor(50.0), t_img, [t_txt[0]], (6,), (50.0,), 1.0)
     other, _ = distill_loss(img, [texts[0]], torch.tensor(50.0), t_img, [t_txt[0]], (6,), (50.0,), 1.0)
     assert float(same) < float(other)
+
+
+def test_to_tensor_gives_contiguous_nchw() -> None:
+    """Training batches are plain NCHW: channels-last strides crashed torch 2.14.1's CPU conv backward (FastViT)."""
+    from PIL import Image
+
+    from edgeclip.distill.augment import to_tensor
+
+    images = [Image.new("RGB", (8, 6), (255, 0, 0)), Image.new("RGB", (8, 6), (0, 0, 255))]
+    x = to_tensor(images, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert x.shape == (2, 3, 6, 8) and x.is_contiguous()
+    assert x[0, 0].eq(1).all() and x[0, 2].eq(0).all() and x[1, 2].eq(1).all()

@@ -229,7 +229,8 @@ def to_tensor(images: Sequence[Image.Image], mean: Sequence[float], std: Sequenc
     import torch
 
     batch = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    # contiguous NCHW: a channels-last-strided batch crashed torch 2.14.1's CPU conv backward (FastViT-MCi0)
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - m) / s
