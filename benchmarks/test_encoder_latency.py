@@ -7,40 +7,18 @@ Goal (issue 2): bundle >= 2.5x faster than open_clip eager, and no slower than 1
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from benchmarks.conftest import THREADS
+from benchmarks.conftest import ARCH, THREADS
 
-ARCH = "MobileCLIP2-S0"
 ROUNDS = dict(rounds=30, warmup_rounds=5, iterations=1)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
-    """Random-weight MobileCLIP2-S0 written to a checkpoint, exported, and one real photo and caption as input."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-    from skimage import data
-
-    from edgeclip.export import export_bundle
-    from edgeclip.runtimes import load_bundle
-    from edgeclip.runtimes.preprocess import preprocess
-
-    torch.set_num_threads(THREADS)
-    root = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(0)
-    model = open_clip.create_model(ARCH, pretrained=None).eval()
-    ckpt = root / "mc2s0.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    bundle_path = export_bundle(ARCH, str(ckpt), root / "mc2s0.edgeclip").path
-    bundle = load_bundle(bundle_path, threads=THREADS)
-    pixels = preprocess([data.astronaut()], bundle.manifest.preprocess)
-    tokens = bundle.tokenizer.encode(["a photo of an astronaut floating above the earth"])
-    return {"model": model, "bundle": bundle, "path": Path(bundle_path), "pixels": pixels, "tokens": tokens}
+def setup(mc2s0: dict) -> dict:
+    """Random-weight MobileCLIP2-S0 (benchmarks/conftest.py), exported, and one real photo and caption as input."""
+    return mc2s0
 
 
 def _eager(model, role: str, setup):

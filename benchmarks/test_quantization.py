@@ -10,42 +10,27 @@ Goal (issue 4): edgeclip int8 >= 2.0x faster than ONNX fp32 and faster than Open
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
-from benchmarks.conftest import THREADS
+from benchmarks.conftest import ARCH, THREADS
 
-ARCH = "MobileCLIP2-S0"
 ROUNDS = dict(rounds=30, warmup_rounds=5, iterations=1)
 # int8-edgeclip: static image (the recipe) + dynamic text (its default); int8-static-text: the recipe's static text.
 ORT_ROWS = ("fp32", "int8-default", "int8-edgeclip", "int8-static-text", "int8-dynamic", "fp16")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
+def setup(mc2s0: dict):
     """fp32 bundle of random-weight MobileCLIP2-S0; fp16 and int8 files made from its encoders; one real input."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-    from skimage import data
+    import warnings
 
     from edgeclip.calibration import build_calibration_set, feeds
     from edgeclip.data.shapes import ShapesDataset, write_image_folder
-    from edgeclip.export import export_bundle
     from edgeclip.export.onnx_quant import gate_inputs, lower_precision, parse_options
     from edgeclip.export.quantize import quantize_dynamic_int8, quantize_static_int8
-    from edgeclip.runtimes import load_bundle
-    from edgeclip.runtimes.preprocess import preprocess
 
-    torch.set_num_threads(THREADS)
-    root = tmp_path_factory.mktemp("quant")
-    torch.manual_seed(0)
-    model = open_clip.create_model(ARCH, pretrained=None).eval()
-    ckpt = root / "mc2s0.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    bundle = load_bundle(export_bundle(ARCH, str(ckpt), root / "mc2s0.edgeclip").path, threads=THREADS)
+    root, bundle = mc2s0["root"], mc2s0["bundle"]
     m = bundle.manifest
     fp32 = (bundle.path / m.encoders["image"].file, bundle.path / m.encoders["text"].file)
     folder = write_image_folder(ShapesDataset("train", size=256, seed=3), root / "calib", 80)
@@ -67,10 +52,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     files["int8-dynamic"] = (root / "dynamic-image.onnx", root / "dynamic-text.onnx")
     for i in range(2):
         quantize_dynamic_int8(fp32[i], files["int8-dynamic"][i])
-    pixels = preprocess([data.astronaut()], m.preprocess)
-    tokens = bundle.tokenizer.encode(["a photo of an astronaut floating above the earth"])
     calib_feeds = {"image": feeds({"pixels": calib.pixels[:64]}), "text": inputs.text_feeds[:64]}
-    return {"files": files, "pixels": pixels, "tokens": tokens, "bundle": bundle, "calib": calib_feeds}
+    return {"files": files, "pixels": mc2s0["pixels"], "tokens": mc2s0["tokens"], "bundle": bundle,
+            "calib": calib_feeds}
 
 
 def _group(role: str) -> str:
