@@ -79,6 +79,7 @@ def test_int8_export_from_the_cli_records_calibration_and_gate(
     assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(out / "image_encoder.onnx")
     # the text encoder is dynamic int8 by default (measured faster and closer to fp32 than static)
     assert record["text_int8"] == "dynamic" and "MatMulInteger" in _ops(out / "text_encoder.onnx")
+    assert record["recipes"] == {"image": "edgeclip-image"} and "tanh GELU" in record["recipe_details"]["image"]
     assert "QuantizeLinear" not in _ops(out / "text_encoder.onnx") and gate["text"]["mean_cosine"] > 0.95
     bundle = load_bundle(out, verify=True)
     assert bundle.encode_image(photo_files).shape == (3, bundle.embed_dim)
