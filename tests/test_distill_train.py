@@ -184,6 +184,33 @@ def test_corrupt_samples_are_skipped_counted_and_logged(material, tmp_path: Path
     assert all(len(e["uids"]) == 4 for e in logged if e["event"] == "step")
 
 
+def test_plain_clip_mixes_extra_captions_per_uid_deterministically(material, tmp_path: Path) -> None:
+    from edgeclip.distill.train import _Data
+
+    config = DistillConfig(model=STUDENT, data="shapes:train:24", output=str(tmp_path / "r"), loss="clip",
+                           captions=str(material["captions"]))  # fmt: skip
+    data = _Data(config, (64, 64))
+    plain = _Data(DistillConfig(model=STUDENT, data="shapes:train:24", output=str(tmp_path / "p"), loss="clip"),
+                  (64, 64))  # fmt: skip
+    extra = {json.loads(line)["uid"]: json.loads(line)["captions"]
+             for line in material["captions"].read_text().splitlines()}  # fmt: skip
+    seen = []
+    for epoch in range(6):
+        for index in (0, 5):
+            item = data.fetch(index, epoch)
+            gt = plain.fetch(index, epoch)
+            # The augmentation is drawn as without extra captions; the caption is the real one or an extra one.
+            assert np.array_equal(np.asarray(item.view), np.asarray(gt.view))
+            assert item.caption in [gt.caption, *extra[item.uid]]
+            assert item.caption == data.fetch(index, epoch).caption
+            seen.append(item.caption == gt.caption)
+    assert any(seen) and not all(seen)
+    result = train(DistillConfig(**{**config.to_dict(), "augment": None, "steps": 2, "batch_size": 4, "warmup": 1}))
+    assert json.loads((result.output / "run.json").read_text())["captions"] == str(material["captions"])
+    with pytest.raises(UsageError, match="--captions"):
+        DistillConfig(model=STUDENT, data="x", output="y", loss="reinforced", captions=str(material["captions"]))
+
+
 def test_cli_help_examples_and_bad_input_messages(tmp_path: Path) -> None:
     runner = CliRunner()
     for command in ("reinforce", "distill", "quickstart"):
@@ -203,6 +230,7 @@ def test_cli_help_examples_and_bad_input_messages(tmp_path: Path) -> None:
 
 
 def test_quickstart_fast_runs_the_whole_story_and_the_bundle_agrees(tmp_path: Path) -> None:
+    from edgeclip.distill.quickstart import STUDENT as quickstart_student
     from edgeclip.runtimes import load_bundle
 
     args = ["quickstart", "--fast", "--threads", "1", "--output", str(tmp_path / "qs"), "--json"]
@@ -217,6 +245,6 @@ def test_quickstart_fast_runs_the_whole_story_and_the_bundle_agrees(tmp_path: Pa
     assert abs(rows["student bundle"]["top1_color"] - rows["student"]["top1_color"]) <= 2 / 32
     assert len(summary["predictions"]) == 4
     bundle = load_bundle(summary["bundle"], verify=True)
-    assert bundle.head_names() == ["zero-shot"] and bundle.manifest.source.architecture == STUDENT
+    assert bundle.head_names() == ["zero-shot"] and bundle.manifest.source.architecture == quickstart_student
     again = CliRunner().invoke(cli, ["quickstart", "--fast", "--output", str(tmp_path / "qs")])
     assert again.exit_code == 2 and "--force" in again.output

@@ -145,6 +145,9 @@ def reinforce(
 @click.option("--images", help="Local image source to join pixels by uid/url (Apple's DataCompDR shards).")
 @click.option("--datacompdr", type=click.IntRange(min=1), metavar="K",
               help="Shards are Apple's DataCompDR (no dataset.json) with K augmentations; needs --images.")
+@click.option("--captions", "captions_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="With --loss clip on an image source: JSONL of extra captions per uid ({\"uid\", \"captions\"}); "
+              "each step uses the real caption or one of these, uniformly.")
 @click.option("--eval", "eval_spec", help="Labelled split for zero-shot top-1: shapes:eval:500 or a class-folder tree.")
 @click.option("--eval-every", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0),
@@ -173,6 +176,7 @@ def distill(
     grad_clip: float,
     images: str | None,
     datacompdr: int | None,
+    captions_file: Path | None,
     eval_spec: str | None,
     eval_every: int,
     checkpoint_every: int,
@@ -210,7 +214,8 @@ def distill(
         model=model, data=data, output=str(output), loss=loss, lam=lam, steps=steps, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
         pretrained=str(pretrained) if pretrained else None, images=images, datacompdr=datacompdr,
-        augment=_augment(crop_scale, randaug_ops, randaug_magnitude), eval=eval_spec, eval_every=eval_every,
+        augment=_augment(crop_scale, randaug_ops, randaug_magnitude),
+        captions=str(captions_file) if captions_file else None, eval=eval_spec, eval_every=eval_every,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, seed=seed, resume=resume,
         log_samples=log_samples, device=device,
     )  # fmt: skip

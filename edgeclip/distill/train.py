@@ -62,6 +62,7 @@ class DistillConfig:
     images: str | None = None
     datacompdr: int | None = None
     augment: AugmentConfig | None = None
+    captions: str | None = None  # --loss clip on an image source: JSONL of extra captions per uid, mixed in
     eval: str | None = None
     eval_every: int = 0
     eval_samples: int = 0
@@ -92,6 +93,8 @@ class DistillConfig:
             raise UsageError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         if not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0:
             raise UsageError("--lr and --grad-clip must be > 0 and --weight-decay >= 0")
+        if self.captions and self.loss != "clip":
+            raise UsageError("--captions (extra captions per image) applies to --loss clip on an image source only")
         if self.eval_every and not self.eval:
             raise UsageError("--eval-every needs --eval (a labelled split, e.g. shapes:eval:500)")
 
@@ -182,6 +185,13 @@ class _Data:
         if config.loss == "clip" and config.augment:
             self.augment = config.augment
         self.use_syn = config.loss != "clip" and self.manifest is not None and self.manifest.synthetic_captions > 0
+        self.extra_captions = None
+        if config.captions:
+            if self.shards is not None:
+                raise UsageError("--captions applies to an image source; reinforced shards carry their own captions")
+            from edgeclip.distill.teachers import CaptionsFile
+
+            self.extra_captions = CaptionsFile(config.captions)
 
     def fetch(self, index: int, epoch: int) -> TrainItem:
         """Example `index` in `epoch`: the augmentation and synthetic caption picked from (seed, epoch, index)."""
@@ -191,7 +201,11 @@ class _Data:
             record, image = self.pixels.item(index)
             params = sample_params(rng, image.width, image.height, self.augment)
             view = apply_params(image, params, self.image_size, interpolation)
-            return TrainItem(record.uid, view, record.caption)
+            caption = record.caption
+            if self.extra_captions is not None:  # the real caption or one of the extra ones, uniformly
+                pool = [caption, *self.extra_captions.by_uid.get(record.uid, ())]
+                caption = pool[int(rng.integers(len(pool)))]
+            return TrainItem(record.uid, view, caption)
         sample = self.shards.read(index)
         at = self.pixels.find(sample.uid, sample.url)
         if at is None:
