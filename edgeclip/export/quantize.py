@@ -17,6 +17,8 @@ from edgeclip.errors import ExportError, UsageError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 Feeds = Iterable[Mapping[str, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class GraphIndex:
     """What a recipe's node filter may look at: the graph's initializers, and which node produces each tensor."""
@@ -89,15 +91,16 @@ class QuantRecipe:
     float_first: int = 0  # the first N selected nodes in graph order (the stem, the first projection) stay float
 
 
-# The edgeclip image recipe, measured on the MobileCLIP2-S0 image encoder (batch 1, AVX-512 VNNI Zen4; ratios from
-# one interleaved run each, ORT's profiler for where the time goes):
+# The edgeclip image recipe, measured on the MobileCLIP2-S0 image encoder at batch 1 (ratios from one interleaved
+# run each, ORT's profiler for where the time goes):
 # - Every simple recipe loses to fp32: ORT's default quantize_static (every op) 0.45x; Conv+MatMul S8S8 0.48x.
-# - 1x1 convs are ~70% of fp32 time and run as U8S8 QLinearConv on VNNI. Quantizing only them (the first recipe)
-#   gave 1.78-2.08x at 2 threads, but left float depthwise convs and residual adds between int8 convs, so ORT ran
-#   the int8 convs NHWC and the float ones NCHWc with ~70 reorders/transposes and Q/DQ pairs between them.
-# - Depthwise convs and residual Adds int8 too keep the whole conv chain int8 NHWC (29 transposes, all in the
-#   attention stage); only GELU leaves int8, between a DequantizeLinear and a QuantizeLinear (1 thread: 62.6 ms
-#   -> 56.2 ms). The stem's 3x3 conv stays float (no faster int8, and the first layer is the sensitive one).
+# - 1x1 convs are ~70% of fp32 time and run as U8S8 QLinearConv. Quantizing only them (the first recipe) gave
+#   1.78-2.08x at 2 threads on an AVX-512 VNNI Zen4, but left float depthwise convs and residual adds between int8
+#   convs, so ORT ran the int8 convs NHWC and the float ones NCHWc with ~70 reorders/transposes and Q/DQ between.
+# - Depthwise convs and conv residual Adds int8 too keep the conv chain int8 NHWC (29 transposes, all in the
+#   attention stage); only GELU leaves int8, between a DequantizeLinear and a QuantizeLinear. Measured on an
+#   AVX2-only Zen3 (no VNNI), 1 thread: fp32 78 ms, 1x1 only 62.6 ms, + depthwise and Adds 56.2 ms. The stem's
+#   3x3 conv stays float (no faster int8, and the first layer is the sensitive one).
 # - GELU is then ~20% of the int8 time: ORT's exact-erf Gelu kernel costs ~1.7 ns/element, its tanh-form FastGelu
 #   ~1 ns (56.2 -> 52.3 ms). The tanh form differs from erf GELU by < 5e-4, far below an int8 step; the accuracy
 #   gate measures the whole int8 model against fp32 anyway. (A uint8 lookup table, Cast + Gather, ran 10 ns/element.)
