@@ -16,6 +16,11 @@ Teachers are trained here with plain CLIP loss on the captions mixed with `--tea
 (EdgeCLIP-Teacher-CNN, seeds 0 and 1: a two-teacher ensemble as in DataCompDR) unless `--teacher FILE` gives
 trained ones. `--lam 1 --lam 0.5` draws one reinforced curve per λ. Results go to OUTPUT/results.json and are printed
 as markdown tables. Timings on a shared machine vary; compare figures from one run only.
+
+The steps ratio depends on the horizon: the plain student keeps learning shape until about step 2600 and then
+plateaus, so the default 4000 student steps compare against a plain student that has finished; with
+`--student-steps 1200` it is still climbing. The whole default run takes about 1.5 h on one thread (teachers 2 x 17
+min, students 2 x 27 min); `--teacher` and `--shards` reuse earlier work.
 """
 
 from __future__ import annotations
@@ -59,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-captions", type=int, default=5,
                    help="paraphrases per image mixed into the teachers' plain-CLIP captions (0: real captions only)")
     p.add_argument("--train-samples", type=int, default=4000)
-    p.add_argument("--eval-samples", type=int, default=800)
-    p.add_argument("--student-steps", type=int, default=600)
+    p.add_argument("--eval-samples", type=int, default=2000)
+    p.add_argument("--student-steps", type=int, default=4000)
+    p.add_argument("--warmup", type=int, default=100, help="students' warmup steps (0: a tenth of --student-steps)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--evals", type=int, default=12, help="evaluations along each learning curve")
+    p.add_argument("--evals", type=int, default=40, help="evaluations along each learning curve")
     p.add_argument("--augmentations", type=int, default=5)
     p.add_argument("--synthetic-captions", type=int, default=3)
     p.add_argument("--throughput-steps", type=int, default=20)
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shards:  # an earlier run's shards: its reinforcement figures come along from its results.json
         earlier = json.loads((args.shards.parent / "results.json").read_text())
         results["reinforce"] = earlier["reinforce"]
-        results["teachers"] = earlier.get("teachers", [])
+        results["teachers"] = earlier.get("teachers") or _shard_teachers(args.shards)
         return _phases(args, results, out, args.shards.resolve(), eval_spec, augment)
     teachers = [t.resolve() for t in (args.teacher or [])]
     if not teachers:
@@ -128,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     return _phases(args, results, out, shards, eval_spec, augment)
 
 
+def _shard_teachers(shards: Path) -> list[dict]:
+    """The teachers a reinforced dataset was made with, from its manifest (what the students learn from)."""
+    from edgeclip.distill.shards import DatasetManifest
+
+    manifest = DatasetManifest.read(shards / "dataset.json")
+    return [{"architecture": t.architecture, "checkpoint": t.pretrained} for t in manifest.teachers]
+
+
 def _phases(args, results: dict, out: Path, shards: Path, eval_spec: str, augment) -> int:
     skip = set(filter(None, args.skip.split(",")))
     if "curves" not in skip:
@@ -149,8 +163,8 @@ def _curves(args, results: dict, out: Path, shards: Path, eval_spec: str, augmen
         run = out / f"student-{key}"
         shutil.rmtree(run, ignore_errors=True)
         r = _train(model=args.student_model, data=str(shards), output=str(run), loss=loss, steps=args.student_steps,
-                   batch_size=args.batch_size, lr=args.lr, warmup=max(1, args.student_steps // 10), eval=eval_spec,
-                   eval_every=every, augment=augment if loss == "clip" else None, lam=lam, log_every=100,
+                   batch_size=args.batch_size, lr=args.lr, warmup=_warmup(args), eval=eval_spec, eval_every=every,
+                   augment=augment if loss == "clip" else None, lam=lam, log_every=100,
                    seed=args.student_seed)  # fmt: skip
         curves["shape"][key] = list(r.evals)
         curves["colour"][key] = [(s, a) for s, n, a in r.extra_evals if n == "color"]
@@ -165,6 +179,10 @@ def _curves(args, results: dict, out: Path, shards: Path, eval_spec: str, augmen
             reached = next((s for s, a in table[key] if a >= plain_final), None)
             results[f"{key}_steps_to_plain_final_{name}"] = reached
             results[f"{key}_steps_ratio_{name}"] = reached / args.student_steps if reached else None
+
+
+def _warmup(args) -> int:
+    return args.warmup or max(1, args.student_steps // 10)
 
 
 def _run_key(loss: str, lam: float | None) -> str:
@@ -197,6 +215,7 @@ def _markdown(r: dict, args) -> str:
         keys = r["curve_runs"]
         names = {k: "plain CLIP" if k == "clip" else f"KD λ={k.split('lam')[1]}" for k in keys}
         lines += [f"## Learning curves (shapes, {args.student_model}, batch {args.batch_size}, lr {args.lr}, "
+                  f"warmup {_warmup(args)}, "
                   f"zero-shot top-1 on {args.eval_samples} eval images; {threads} torch thread(s))", "",
                   "| step | " + " | ".join(f"{n}: {names[k]}" for n in ("shape", "colour") for k in keys) + " |",
                   "| ---: |" + " ---: |" * (2 * len(keys))]  # fmt: skip
@@ -223,7 +242,7 @@ def _markdown(r: dict, args) -> str:
                   f"{r['reinforced_vs_online']:.2f}x", ""]  # fmt: skip
     rf = r["reinforce"]
     lines += ["## Reinforcement", "", f"{rf['images']} images, K={args.augmentations}, S={args.synthetic_captions}, "
-              f"{len(r.get('teachers', [])) or len(args.teacher or [])} teacher(s): {rf['images_per_second']:.1f} "
+              f"{len(r['teachers'])} teacher(s): {rf['images_per_second']:.1f} "
               f"images/s, {rf['bytes_per_sample']:.0f} bytes per sample on disk", ""]  # fmt: skip
     return "\n".join(lines)
 
