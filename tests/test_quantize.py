@@ -223,3 +223,48 @@ def test_fuse_gelu_tanh_form_is_close_and_bad_form_is_refused(tiny_bundle: Path,
     assert not np.array_equal(a, b) and float((a * b).sum(1).min()) > 0.9999  # L2-normalized outputs
     with pytest.raises(ValueError, match="GELU form 'cubic' is unknown"):
         fuse_gelu(onnx.load(str(tiny_bundle / "text_encoder.onnx")), "cubic")
+
+
+def _gelu_block(path: Path, zero_point_type: type = np.uint8) -> Path:
+    """uint8 input -> DequantizeLinear -> FastGelu -> QuantizeLinear -> DequantizeLinear -> float output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    zp = np.asarray(0, np.int8) if zero_point_type == np.int8 else np.asarray(128, np.uint8)
+    inits = [numpy_helper.from_array(np.asarray(0.03, np.float32), "s_in"), numpy_helper.from_array(zp, "z_in"),
+             numpy_helper.from_array(np.asarray(0.02, np.float32), "s_out"),
+             numpy_helper.from_array(np.asarray(10, zp.dtype), "z_out")]  # fmt: skip
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "s_in", "z_in"], ["x"], name="dq"),
+             helper.make_node("FastGelu", ["x"], ["g"], name="gelu", domain="com.microsoft"),
+             helper.make_node("QuantizeLinear", ["g", "s_out", "z_out"], ["gq"], name="q"),
+             helper.make_node("DequantizeLinear", ["gq", "s_out", "z_out"], ["out"], name="dq_out")]  # fmt: skip
+    elem = TensorProto.UINT8 if zp.dtype == np.uint8 else TensorProto.INT8
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("xq", elem, [256])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [256])], inits)  # fmt: skip
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_quick_gelu_runs_in_uint8_and_matches_quick_gelu(tmp_path: Path) -> None:
+    from edgeclip.export.quantize import QUICK_GELU_ALPHA, quantized_quick_gelu
+
+    model = onnx.load(str(_gelu_block(tmp_path / "gelu.onnx")))
+    assert quantized_quick_gelu(model) == 1
+    assert {n.op_type for n in model.graph.node} == {"QLinearSigmoid", "QLinearMul", "DequantizeLinear"}
+    onnx.save(model, str(tmp_path / "quick.onnx"))
+    xq = np.arange(256, dtype=np.uint8)
+    got = onnxruntime.InferenceSession(str(tmp_path / "quick.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"xq": xq})[0]  # fmt: skip
+    x = 0.03 * (xq.astype(np.float32) - 128)
+    want = x / (1 + np.exp(-QUICK_GELU_ALPHA * x))
+    # the sigmoid's 1/255 step and the output's 0.02 step: within two output steps everywhere
+    assert np.abs(got - np.clip(want, 0.02 * (0 - 10), 0.02 * (255 - 10))).max() < 0.04
+    assert np.abs(got - want)[x > 0].max() > 0  # it is quantized, not float
+
+
+def test_quick_gelu_leaves_int8_activations_alone(tmp_path: Path) -> None:
+    from edgeclip.export.quantize import quantized_quick_gelu
+
+    model = onnx.load(str(_gelu_block(tmp_path / "gelu8.onnx", np.int8)))
+    assert quantized_quick_gelu(model) == 0 and "FastGelu" in {n.op_type for n in model.graph.node}
