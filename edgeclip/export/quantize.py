@@ -21,15 +21,20 @@ Feeds = Iterable[Mapping[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class GraphIndex:
-    """What a recipe's node filter may look at: the graph's initializers, and which node produces each tensor."""
+    """A graph's initializers, which node produces each tensor and which nodes read it (node filters, rewrites)."""
 
     initializers: dict[str, object]
     producer: dict[str, object]
+    consumers: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model) -> GraphIndex:
+        consumers: dict[str, list] = {}
+        for n in model.graph.node:
+            for name in n.input:
+                consumers.setdefault(name, []).append(n)
         return cls({t.name: t for t in model.graph.initializer},
-                   {out: n for n in model.graph.node for out in n.output})
+                   {out: n for n in model.graph.node for out in n.output}, consumers)  # fmt: skip
 
 
 # Decides per node whether a recipe quantizes it.
@@ -308,12 +313,8 @@ def fuse_gelu(model, form: str = "exact") -> int:
         quantized_quick_gelu(model)
         return fused
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producer = {out: n for n in graph.node for out in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    index = GraphIndex.of(model)
+    inits, producer, consumers = index.initializers, index.producer, index.consumers
 
     def only_consumer(name: str, op_type: str):
         found = consumers.get(name, [])
@@ -359,12 +360,8 @@ def quantized_quick_gelu(model, alpha: float = QUICK_GELU_ALPHA) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producer = {out: n for n in graph.node for out in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    index = GraphIndex.of(model)
+    inits, producer, consumers = index.initializers, index.producer, index.consumers
     replaced: dict[int, list] = {}
     dropped: set[int] = set()
     for gelu in [n for n in graph.node if n.op_type == "FastGelu" and len(n.input) == 1]:
