@@ -301,8 +301,8 @@ def fuse_gelu(model, form: str = "exact") -> int:
     ORT fuses these itself in a float graph, but not once x comes out of a DequantizeLinear, and the unfused
     Div/Erf/Add/Mul/Mul chain also breaks its NCHWc layout. `form="tanh"` writes FastGelu, the tanh approximation
     (within 5e-4 of erf GELU, ~1.7x faster in ORT); `form="quick"` then moves each FastGelu that sits between a
-    DequantizeLinear and a QuantizeLinear into uint8 (`quantized_quick_gelu`). The result uses the com.microsoft
-    domain, which ONNX Runtime runs on every execution provider edgeclip uses.
+    DequantizeLinear and a QuantizeLinear into uint8 (`quantized_quick_gelu`, CPU kernels). The result uses the
+    com.microsoft domain, which ONNX Runtime runs on every execution provider edgeclip uses.
     """
     from onnx import helper
 
@@ -356,7 +356,6 @@ def quantized_quick_gelu(model, alpha: float = QUICK_GELU_ALPHA) -> int:
     extra op: it is QLinearSigmoid of the same uint8 tensor read at scale alpha * s. QLinearMul then multiplies x by
     it and requantizes to the QuantizeLinear's scale and zero point, so the conv chain never leaves uint8.
     """
-    import numpy as np
     from onnx import helper, numpy_helper
 
     graph = model.graph
