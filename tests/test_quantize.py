@@ -268,3 +268,47 @@ def test_quick_gelu_leaves_int8_activations_alone(tmp_path: Path) -> None:
 
     model = onnx.load(str(_gelu_block(tmp_path / "gelu8.onnx", np.int8)))
     assert quantized_quick_gelu(model) == 0 and "FastGelu" in {n.op_type for n in model.graph.node}
+
+
+def _activation_scale(path: Path, tensor: str) -> float:
+    """The scale of the QuantizeLinear that reads `tensor`."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    return float(inits[q.input[1]])
+
+
+@pytest.mark.parametrize("path", ["onnx", "tensorrt"])
+def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path: Path, path: str) -> None:
+    """Entropy picks a range narrower than minmax when a few outliers stretch it (ORT's own call gave minmax's)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeclip.calibration import feeds
+    from edgeclip.export.trt_qdq import quantize_for_tensorrt
+
+    rng = np.random.default_rng(0)
+    # Two 1x1 convs: TensorRT's recipe keeps the first quantizable node float, so `h` is the tensor both quantize.
+    w = [numpy_helper.from_array(np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1), "w1"),
+         numpy_helper.from_array(rng.normal(size=(8, 8, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1"),
+             helper.make_node("Conv", ["h", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], w)  # fmt: skip
+    src = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    x = rng.normal(size=(16, 8, 16, 16)).astype(np.float32)
+    x.reshape(-1)[rng.choice(x.size, 8, replace=False)] = 40.0  # 8 outliers in 32768 values
+    calib = feeds({"x": x})
+    scales = {}
+    for method in ("minmax", "entropy"):
+        out = tmp_path / f"{method}.onnx"
+        if path == "onnx":
+            quantize_static_int8(src, out, calib, recipe="edgeclip-image", method=method)
+        else:
+            quantize_for_tensorrt(src, out, calib, method=method)
+        scales[method] = _activation_scale(out, "h")
+    assert scales["entropy"] < 0.5 * scales["minmax"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "entropy.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": x[:1]})[0].shape == (1, 8, 16, 16)

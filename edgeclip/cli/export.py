@@ -44,7 +44,8 @@ from edgeclip.cli import (
     help="Calibration images or folders (coreml w8a8); onnx int8: a .npz from `edgeclip calibrate` or a folder.",
 )
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              help="onnx int8: how activation ranges are calibrated (default minmax).")
+              help="onnx/tensorrt int8: how activation ranges are calibrated (default minmax; percentile clips "
+              "outliers; entropy minimizes KL divergence and is the slowest).")
 @click.option("--auto-exclude", is_flag=True, default=None, help="onnx int8: keep the most sensitive nodes in float "
               "until the accuracy gate passes.")
 @click.option("--dynamic", is_flag=True, default=None, help="onnx int8: dynamic int8 (MatMul/Gemm), no calibration.")

@@ -22,6 +22,7 @@ from edgeclip.errors import ExportError, UsageError
 from edgeclip.export.quantize import (
     GraphIndex,
     QuantRecipe,
+    calibration_arguments,
     check_method,
     linear_matmul,
     preprocess_for_quantization,
@@ -63,10 +64,9 @@ def quantize_for_tensorrt(
     src: Path, dst: Path, calibration: Iterable[Mapping[str, np.ndarray]], *, method: str = "minmax"
 ) -> list[str]:
     """Quantize the fp32 ONNX file `src` into a TensorRT Q/DQ graph `dst`, checked; the quantized node names."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    check_method(method)
     reader = OrtCalibrationReader(calibration)
     if len(reader) == 0:
         raise UsageError("tensorrt int8 needs calibration inputs: the calibration set is empty")
@@ -87,8 +87,8 @@ def quantize_for_tensorrt(
                 per_channel=recipe.per_channel,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=methods[check_method(method)],
                 extra_options=dict(recipe.extra_options),
+                **calibration_arguments(pre, recipe.op_types, reader, method, recipe.extra_options, Path(tmp)),
             )
         except Exception as e:  # ORT's quantizer raises plain exceptions of many kinds; report one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
