@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
+from benchmarks.mc2s0 import build_mc2s0
+
 THREADS = 2
-ARCH = "MobileCLIP2-S0"
 
 
 @pytest.fixture(scope="session")
 def mc2s0(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Random-weight MobileCLIP2-S0 written to a checkpoint and exported as an fp32 bundle; one photo and caption."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-    from skimage import data
-
-    from edgeclip.export import export_bundle
-    from edgeclip.runtimes import load_bundle
-    from edgeclip.runtimes.preprocess import preprocess
-
-    torch.set_num_threads(THREADS)
-    root = tmp_path_factory.mktemp("mc2s0")
-    torch.manual_seed(0)
-    model = open_clip.create_model(ARCH, pretrained=None).eval()
-    ckpt = root / "mc2s0.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    bundle_path = export_bundle(ARCH, str(ckpt), root / "mc2s0.edgeclip").path
-    bundle = load_bundle(bundle_path, threads=THREADS)
-    pixels = preprocess([data.astronaut()], bundle.manifest.preprocess)
-    tokens = bundle.tokenizer.encode(["a photo of an astronaut floating above the earth"])
-    return {"model": model, "bundle": bundle, "path": Path(bundle_path), "pixels": pixels, "tokens": tokens,
-            "root": root}
+    return build_mc2s0(tmp_path_factory.mktemp("mc2s0"), THREADS)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:

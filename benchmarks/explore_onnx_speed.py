@@ -20,11 +20,7 @@ profile of the baseline and edgeclip graphs at ALL.
 from __future__ import annotations
 
 import argparse
-import collections
-import json
-import os
-import random
-import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -39,6 +35,9 @@ from timm.utils.model import reparameterize_model
 from edgeclip.export.onnx_graph import export_onnx_graph
 from edgeclip.models.encoders import ImageEncoder, TextEncoder
 from edgeclip.runtimes.backends.ort import session_options
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import op_profile, time_interleaved
 
 LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -87,58 +86,9 @@ def torch_runner(module: torch.nn.Module, x: torch.Tensor):
     return run
 
 
-def _busy_seconds() -> tuple[float, float]:
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    own = os.times()
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
-def time_interleaved(fns: dict, rounds: int, inner: int = 5, max_other: float = 0.05) -> dict[str, float]:
-    """Median ms per call over `rounds` quiet rounds, candidates shuffled within each round."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    kept: dict[str, list[float]] = {k: [] for k in fns}
-    tries = 0
-    while len(next(iter(kept.values()))) < rounds and tries < rounds * 20:
-        tries += 1
-        this_round = {}
-        busy0, own0, wall0 = *_busy_seconds(), time.perf_counter()
-        for name, fn in random.sample(list(fns.items()), len(fns)):
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            this_round[name] = (time.perf_counter() - start) / inner * 1e3
-        busy1, own1, wall1 = *_busy_seconds(), time.perf_counter()
-        if ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0) < max_other:
-            for name, ms in this_round.items():
-                kept[name].append(ms)
-        else:
-            time.sleep(1.0)
-    print(f"  kept {len(next(iter(kept.values())))} quiet rounds of {tries}")
-    return {k: statistics.median(v) if v else float("nan") for k, v in kept.items()}
-
-
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
     return float(np.min((a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)))
-
-
-def op_profile(session, fn, runs: int = 30) -> None:
-    """Print ORT's per-op-type share of kernel time."""
-    for _ in range(runs):
-        fn()
-    events = json.loads(Path(session.end_profiling()).read_text())
-    per_op: collections.Counter = collections.Counter()
-    count: collections.Counter = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"]
-            count[e["args"]["op_name"]] += 1
-    total = sum(per_op.values())
-    print(f"    kernel total {total / runs / 1e3:.2f} ms/run")
-    for op, us in per_op.most_common(10):
-        print(f"    {op:24s} {us / total * 100:5.1f}%  {us / runs / 1e3:6.2f} ms  x{count[op] // runs}")
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.conftest import ARCH, THREADS
+from benchmarks.conftest import THREADS
+from benchmarks.mc2s0 import ARCH
 
 ROUNDS = dict(rounds=30, warmup_rounds=5, iterations=1)
 

@@ -5,6 +5,8 @@ MobileCLIP2-S0 (random weights: speed only; accuracy is benchmarks/quantization_
 image and text encoders. The fp32 row is each group's baseline; the table at the end gives the speed-ups.
 
 Run: .venv/bin/python -m pytest benchmarks/test_quantization.py --benchmark-only
+pytest-benchmark times one row after another; benchmarks/quantization_speed.py times the same files with every row
+in every round, which keeps the ratios when a shared machine's load comes and goes, and says where the time goes.
 Goal (issue 4): edgeclip int8 >= 2.0x faster than ONNX fp32 and faster than OpenVINO's int8.
 """
 
@@ -13,48 +15,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.conftest import ARCH, THREADS
+from benchmarks.conftest import THREADS
+from benchmarks.mc2s0 import ARCH, ORT_ROWS, build_quantized, nncf_int8
 
 ROUNDS = dict(rounds=30, warmup_rounds=5, iterations=1)
-# int8-edgeclip: static image (the recipe) + dynamic text (its default); int8-static-text: the recipe's static text.
-ORT_ROWS = ("fp32", "int8-default", "int8-edgeclip", "int8-static-text", "int8-dynamic", "fp16")
 
 
 @pytest.fixture(scope="module")
 def setup(mc2s0: dict):
     """fp32 bundle of random-weight MobileCLIP2-S0; fp16 and int8 files made from its encoders; one real input."""
-    import warnings
-
-    from edgeclip.calibration import build_calibration_set, feeds
-    from edgeclip.data.shapes import ShapesDataset, write_image_folder
-    from edgeclip.export.onnx_quant import gate_inputs, lower_precision, parse_options
-    from edgeclip.export.quantize import quantize_dynamic_int8, quantize_static_int8
-
-    root, bundle = mc2s0["root"], mc2s0["bundle"]
-    m = bundle.manifest
-    fp32 = (bundle.path / m.encoders["image"].file, bundle.path / m.encoders["text"].file)
-    folder = write_image_folder(ShapesDataset("train", size=256, seed=3), root / "calib", 80)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        calib, _ = build_calibration_set(folder, m.preprocess, count=80)
-    files = {"fp32": fp32}
-    for name, precision, options in (("int8-edgeclip", "int8", {"calibration": [folder]}), ("fp16", "fp16", {})):
-        out = (root / f"{name}-image.onnx", root / f"{name}-text.onnx")
-        lower_precision(fp32, out, parse_options(precision, options), calib if precision == "int8" else None,
-                        m.preprocess, bundle.tokenizer)
-        files[name] = out
-    inputs = gate_inputs(calib, m.preprocess, bundle.tokenizer)
-    files["int8-default"] = (root / "default-image.onnx", root / "default-text.onnx")
-    for i, batches in enumerate((inputs.image_feeds, inputs.text_feeds)):
-        quantize_static_int8(fp32[i], files["int8-default"][i], batches, recipe="default")
-    files["int8-static-text"] = (files["int8-edgeclip"][0], root / "static-text.onnx")
-    quantize_static_int8(fp32[1], files["int8-static-text"][1], inputs.text_feeds, recipe="edgeclip-text")
-    files["int8-dynamic"] = (root / "dynamic-image.onnx", root / "dynamic-text.onnx")
-    for i in range(2):
-        quantize_dynamic_int8(fp32[i], files["int8-dynamic"][i])
-    calib_feeds = {"image": feeds({"pixels": calib.pixels[:64]}), "text": inputs.text_feeds[:64]}
-    return {"files": files, "pixels": mc2s0["pixels"], "tokens": mc2s0["tokens"], "bundle": bundle,
-            "calib": calib_feeds}
+    built = build_quantized(mc2s0["root"], mc2s0["bundle"])
+    return {**built, "pixels": mc2s0["pixels"], "tokens": mc2s0["tokens"], "bundle": mc2s0["bundle"]}
 
 
 def _group(role: str) -> str:
@@ -105,10 +76,8 @@ def test_openvino_same_onnx(benchmark, setup, role: str, row: str) -> None:
     if row == "fp32":
         config["INFERENCE_PRECISION_HINT"] = "f32"
     if row == "nncf-int8":
-        nncf = pytest.importorskip("nncf", reason="NNCF int8: pip install 'edgeclip[bench]'")
-        batches = [next(iter(b.values())) for b in setup["calib"][role]]
-        kind = nncf.ModelType.TRANSFORMER if role == "text" else None
-        model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), model_type=kind)
+        pytest.importorskip("nncf", reason="NNCF int8: pip install 'edgeclip[bench]'")
+        model = nncf_int8(model, setup["calib"][role], role)
     compiled = core.compile_model(model, "CPU", config)
     benchmark.extra_info["openvino_inference_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     request = compiled.create_infer_request()
