@@ -280,24 +280,28 @@ def _activation_scale(path: Path, tensor: str) -> float:
     return float(inits[q.input[1]])
 
 
-@pytest.mark.parametrize("path", ["onnx", "tensorrt"])
-def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path: Path, path: str) -> None:
-    """Entropy picks a range narrower than minmax when a few outliers stretch it (ORT's own call gave minmax's)."""
+def _two_convs(path: Path) -> Path:
+    """x -> 1x1 conv (identity) -> h -> 1x1 conv -> y. TensorRT's recipe keeps the first node float; both quantize h."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgeclip.calibration import feeds
-    from edgeclip.export.trt_qdq import quantize_for_tensorrt
-
-    rng = np.random.default_rng(0)
-    # Two 1x1 convs: TensorRT's recipe keeps the first quantizable node float, so `h` is the tensor both quantize.
     w = [numpy_helper.from_array(np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1), "w1"),
-         numpy_helper.from_array(rng.normal(size=(8, 8, 1, 1)).astype(np.float32), "w2")]
+         numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8, 1, 1)).astype(np.float32), "w2")]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1"),
              helper.make_node("Conv", ["h", "w2"], ["y"], name="conv2")]
     graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], w)  # fmt: skip
-    src = tmp_path / "conv.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("path", ["onnx", "tensorrt"])
+def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path: Path, path: str) -> None:
+    """Entropy picks a range narrower than minmax when a few outliers stretch it (ORT's own call gave minmax's)."""
+    from edgeclip.calibration import feeds
+    from edgeclip.export.trt_qdq import quantize_for_tensorrt
+
+    rng = np.random.default_rng(0)
+    src = _two_convs(tmp_path / "convs.onnx")
     x = rng.normal(size=(16, 8, 16, 16)).astype(np.float32)
     x.reshape(-1)[rng.choice(x.size, 8, replace=False)] = 40.0  # 8 outliers in 32768 values
     calib = feeds({"x": x})
@@ -312,3 +316,35 @@ def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path: Path, pa
     assert scales["entropy"] < 0.5 * scales["minmax"]
     session = onnxruntime.InferenceSession(str(tmp_path / "entropy.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, {"x": x[:1]})[0].shape == (1, 8, 16, 16)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_in_one_batch_chunks_matches_one_chunk(tmp_path: Path, monkeypatch, method: str) -> None:
+    """Fed one batch at a time (a big model), the histogram calibrators give about the ranges of a single pass."""
+    from edgeclip.calibration import feeds
+    from edgeclip.export import quantize
+
+    src = _two_convs(tmp_path / "convs.onnx")
+    x = np.random.default_rng(1).normal(size=(16, 8, 16, 16)).astype(np.float32)
+    scales = {}
+    for memory in (1 << 30, 1):  # one chunk of 16 batches; 16 chunks of one
+        monkeypatch.setattr(quantize, "HISTOGRAM_MEMORY", memory)
+        out = tmp_path / f"{memory}.onnx"
+        quantize_static_int8(src, out, feeds({"x": x}), method=method)
+        scales[memory] = _activation_scale(out, "h")
+    assert scales[1] == pytest.approx(scales[1 << 30], rel=0.1)
+
+
+def test_histogram_failure_on_a_near_constant_activation_is_one_line(tmp_path: Path) -> None:
+    """ORT's percentile histogram cannot bin a near-constant tensor; the error says so in one line, minmax works."""
+    from edgeclip.calibration import feeds
+
+    src = _two_convs(tmp_path / "convs.onnx")
+    x = np.full((4, 8, 16, 16), 0.015625, np.float32)
+    x += np.random.default_rng(0).integers(0, 4, x.shape).astype(np.float32) * np.spacing(np.float32(0.015625))
+    with pytest.raises(ExportError, match=r"convs\.onnx failed: .*\(calibration method percentile; minmax builds "
+                                          r"no histograms\)$") as info:  # fmt: skip
+        quantize_static_int8(src, tmp_path / "p.onnx", feeds({"x": x}), method="percentile")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "p.onnx").exists()
+    quantize_static_int8(src, tmp_path / "m.onnx", feeds({"x": x}), method="minmax")

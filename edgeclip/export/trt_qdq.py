@@ -27,6 +27,7 @@ from edgeclip.export.quantize import (
     linear_matmul,
     preprocess_for_quantization,
     quantized_nodes,
+    quantizer_error,
 )
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -91,8 +92,7 @@ def quantize_for_tensorrt(
                 **calibration_arguments(pre, recipe.op_types, reader, method, recipe.extra_options, Path(tmp)),
             )
         except Exception as e:  # ORT's quantizer raises plain exceptions of many kinds; report one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"tensorrt int8 quantization of {Path(src).name} failed: {first}") from None
+            raise quantizer_error("tensorrt int8 quantization", Path(src), method, e) from None
     check_tensorrt_qdq(Path(dst))
     return nodes
 
