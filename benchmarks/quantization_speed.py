@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.mc2s0 import ARCH, ORT_ROWS, build_mc2s0, build_quantized, nncf_int8
-from benchmarks.timing import node_times, print_shares, time_interleaved
+from benchmarks.timing import node_times, op_totals, print_shares, time_interleaved
 
 GOAL_SPEEDUP = 2.0
 ROLES = {"image": "pixels", "text": "token_ids"}
@@ -74,7 +74,9 @@ def openvino_runners(fp32: Path, x: np.ndarray, threads: int, calib: list, role:
         print("  NNCF row skipped: pip install 'edgeclip[bench]'")
     runners = {}
     for name, model in models.items():
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        if name == "ov-f32":  # NNCF's int8 runs at OpenVINO's default precision, as in test_quantization.py
+            config["INFERENCE_PRECISION_HINT"] = "f32"
         request = core.compile_model(model, "CPU", config).create_infer_request()
         runners[name] = _openvino_call(request, x)
     return runners
@@ -95,11 +97,6 @@ def same_file_rows(paths: dict[str, Path]) -> list[tuple[str, str]]:
         else:
             seen[digest] = row
     return pairs
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def conv_kinds(optimized: Path, times: dict[str, tuple[str, float]]) -> dict[str, float]:
@@ -134,12 +131,10 @@ def profile(files: dict, x: np.ndarray, role: str, threads: int, work: Path) -> 
         folder.mkdir(exist_ok=True)
         session = ort_session(path, threads, folder)
         times = node_times(session, lambda s=session: s.run(None, {ROLES[role]: x}))
-        per_op: collections.Counter = collections.Counter()
-        for op, us in times.values():
-            per_op[op] += us
+        per_op = op_totals(times)
         print(f"  profile {role} {row}:")
-        print_shares(dict(per_op), "per op type")
-        out[row] = {"ops_us": dict(per_op)}
+        print_shares(per_op, "per op type")
+        out[row] = {"ops_us": per_op}
         if role == "image":
             kinds = conv_kinds(folder / f"{path.stem}.optimized.onnx", times)
             print_shares(kinds, "convolutions by kind")
@@ -163,6 +158,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build the files here instead of a temporary folder")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    from edgeclip.bench.accuracy import cosine_stats
     from edgeclip.bench.device import collect_device_info
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="edgeclip-quant-speed-"))
@@ -185,7 +181,7 @@ def main() -> None:
         fns = {r: ort_runner(s, {name: x}) for r, s in sessions.items()}
         fns.update(openvino_runners(files["fp32"][i], x, args.threads, built["calib"][role], role))
         reference = fns["fp32"]()
-        cosines = {r: cosine(fn(), reference) for r, fn in fns.items()}
+        cosines = {r: cosine_stats(reference, fn()).min for r, fn in fns.items()}
         print(f"\n{role} encoder, batch 1, {args.threads} threads: interleaved rounds", flush=True)
         ms = time_interleaved(fns, args.rounds)
         peer = ms.get("nncf-int8")

@@ -74,9 +74,14 @@ def print_shares(times: dict[str, float], title: str, top: int = 10) -> None:
         print(f"      {key:28s} {us / total * 100:5.1f}%  {us / 1e3:6.2f} ms")
 
 
+def op_totals(times: dict[str, tuple[str, float]]) -> dict[str, float]:
+    """node_times summed per op type: {op: µs per run}."""
+    per_op: collections.Counter = collections.Counter()
+    for op, us in times.values():
+        per_op[op] += us
+    return dict(per_op)
+
+
 def op_profile(session, fn: Callable[[], object], runs: int = 30) -> None:
     """Print ORT's per-op-type share of kernel time."""
-    per_op: collections.Counter = collections.Counter()
-    for op, us in node_times(session, fn, runs).values():
-        per_op[op] += us
-    print_shares(dict(per_op), "per op type")
+    print_shares(op_totals(node_times(session, fn, runs)), "per op type")
