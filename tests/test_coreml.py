@@ -332,6 +332,78 @@ def test_pixels_to_images_undoes_preprocessing_exactly(photos) -> None:
     assert np.array_equal(preprocess(images, spec), pixels)
 
 
+def _plain_encoders(spec) -> Encoders:
+    """Encoders with the model's preprocessing, as export hands them to the target (modules unused here)."""
+    h, w = spec.image_size
+    return Encoders(torch.nn.Identity(), torch.nn.Identity(), torch.rand(1, 3, h, w),
+                    torch.zeros(1, 10, dtype=torch.int64), preprocess=spec)
+
+
+@pytest.mark.parametrize("image_input", ["tensor", "pixels"])
+def test_w8a8_takes_the_calibration_set_the_other_targets_take(photo_files, tmp_path: Path, image_input) -> None:
+    """A .npz from `edgeclip calibrate` gives w8a8 the very samples its image files give, and the manifest its id."""
+    from edgeclip.calibration import build_calibration_set
+    from edgeclip.export.coreml import _calibration, _calibration_samples, _image_plan, parse_options
+    from edgeclip.models.preprocess import preprocess_spec_for
+
+    spec, _ = preprocess_spec_for(TINY, None, {"image_size": (48, 40)})
+    with pytest.warns(UserWarning, match="only 3 images"):
+        calib, _ = build_calibration_set(photo_files[0].parent, spec, count=8)
+    npz = calib.save(tmp_path / "calib.npz")
+    files = tuple(photo_files[0].parent / name for name in calib.sources)
+    encoders = _plain_encoders(spec)
+    from_set, from_files = (parse_options({"compress": "w8a8", "calibration": c, "image_input": image_input})
+                            for c in (str(npz), [str(f) for f in files]))
+    assert from_set.calibration == (npz,) and from_files.calibration == files
+    plan = _image_plan(ct, encoders, from_set)
+    a, b = (_calibration_samples(plan, _calibration(o.calibration, encoders).pixels, encoders)
+            for o in (from_set, from_files))
+    assert len(a) == len(b) == len(photo_files)
+    for x, y in zip(a, b, strict=True):
+        value = x[plan.input_name]
+        assert type(value) is type(y[plan.input_name])
+        assert np.array_equal(np.asarray(value), np.asarray(y[plan.input_name]))
+    if image_input == "tensor":
+        assert a[0]["pixels"].shape == (1, 3, 48, 40) and a[0]["pixels"].dtype == np.float32
+    else:
+        assert a[0]["image"].size == (40, 48) and a[0]["image"].mode == "RGB"
+    info = _calibration(from_set.calibration, encoders).info
+    assert info["set"]["id"] == calib.id and info["images"] == len(photo_files) and info["encoders"] == ["image"]
+
+
+def test_w8a8_calibration_set_for_other_preprocessing_names_both(photo_files, tmp_path: Path) -> None:
+    from edgeclip.calibration import build_calibration_set
+    from edgeclip.export.coreml import _calibration
+    from edgeclip.models.preprocess import preprocess_spec_for
+
+    made_for, _ = preprocess_spec_for(TINY, None, {"image_size": (32, 32)})
+    model, _ = preprocess_spec_for(TINY, None, {"image_size": (48, 40)})
+    with pytest.warns(UserWarning, match="only 3 images"):
+        npz = build_calibration_set(photo_files[0].parent, made_for, count=8)[0].save(tmp_path / "calib.npz")
+    with pytest.raises(UsageError) as err:
+        _calibration((npz,), _plain_encoders(model))
+    message = str(err.value)
+    assert "32x32" in message and "48x40" in message and str(npz) in message and "\n" not in message
+
+
+def test_w8a8_calibration_arguments_fail_in_one_line_before_the_model_loads(photo_files, tmp_path: Path) -> None:
+    from edgeclip.export.coreml import validate_options
+
+    def check(calibration) -> str:
+        options = ExportOptions(target="coreml", precision="fp16",
+                                target_options={"compress": "w8a8", "calibration": calibration})
+        with pytest.raises(UsageError) as err:
+            validate_options(options)
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"not a zip")
+    assert "not an edgeclip calibration set" in check(str(corrupt)) and str(corrupt) in check(str(corrupt))
+    assert "pass it alone" in check([str(corrupt), str(photo_files[0])])
+    assert "does not exist" in check(str(tmp_path / "missing.npz"))
+
+
 def test_batch_pieces_fit_the_sizes_a_package_accepts() -> None:
     assert _batch_pieces(100, {"kind": "range", "min": 1, "max": 64}) == [(0, 64, 64), (64, 100, 36)]
     assert _batch_pieces(6, {"kind": "enumerated", "sizes": [1, 4]}) == [(0, 4, 4), (4, 5, 1), (5, 6, 1)]
@@ -509,14 +581,20 @@ def test_pixels_and_enumerated_batches_match_pytorch(pixels_bundle, photos) -> N
 
 
 @needs_mac
-def test_w8a8_calibrates_on_images_and_passes_its_parity_floor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["folder", "npz"])
+def test_w8a8_calibrates_on_images_and_passes_its_parity_floor(tmp_path: Path, source: str) -> None:
+    from edgeclip.calibration import build_calibration_set
     from edgeclip.data.shapes import ShapesDataset, write_image_folder
+    from edgeclip.models.preprocess import preprocess_spec_for
 
     calib = write_image_folder(ShapesDataset(split="train", size=64, seed=0), tmp_path / "calib", 16)
+    if source == "npz":
+        calib = build_calibration_set(calib, preprocess_spec_for(TINY, None)[0], count=16)[0].save(tmp_path / "c.npz")
     result = export_bundle(TINY, output=tmp_path / "w8a8.edgeclip", target="coreml", random_init=True,
                            target_options={"compress": "w8a8", "calibration": calib})
     assert result.manifest.target_info["compression"]["name"] == "w8a8"
     assert result.manifest.calibration["images"] == 16 and result.manifest.calibration["encoders"] == ["image"]
+    assert ("set" in result.manifest.calibration) == (source == "npz")
     ops = mil_ops(result.path, "image")
     assert any(op.op_type == "quantize" for op in ops) and any(op.op_type == "dequantize" for op in ops)
     floor = COMPRESSIONS["w8a8"].parity_floor

@@ -72,6 +72,19 @@ def test_checkpoint_formats_load_the_same_weights(kind: str, suffix: str, tiny_s
     assert not loaded.model.training
 
 
+def test_loading_a_checkpoint_does_not_log_that_the_model_is_random(tiny_state, tmp_path: Path, caplog) -> None:
+    """open_clip logs 'initialized randomly' for pretrained=None; edgeclip loads the file next, so it is dropped."""
+    import logging
+
+    path = _save("safetensors", tiny_state, tmp_path / "ckpt.safetensors")
+    with caplog.at_level(logging.INFO):
+        load_model(TINY, str(path))
+        load_model(TINY, random_init=True)
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()], caplog.text
+    logging.warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")  # filter removed after
+    assert [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+
+
 def test_export_from_checkpoint_records_the_file(tiny_state, tmp_path: Path) -> None:
     ckpt = _save("safetensors", tiny_state, tmp_path / "tiny.safetensors")
     out = export_bundle(TINY, str(ckpt), tmp_path / "b.edgeclip", preprocess={"interpolation": "bilinear"})

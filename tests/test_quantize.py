@@ -85,6 +85,22 @@ def test_int8_export_from_the_cli_records_calibration_and_gate(
     assert bundle.encode_image(photo_files).shape == (3, bundle.embed_dim)
 
 
+def test_cli_export_prints_calibration_warnings_as_single_lines(tmp_path: Path) -> None:
+    """A folder calibration's warnings (too few images, an unreadable one) reach the user as `warning:` lines."""
+    from edgeclip.cli import cli
+
+    folder = write_image_folder(ShapesDataset(split="train", size=64, seed=0), tmp_path / "imgs", 8)
+    (folder / "broken.jpg").write_text("not an image")
+    args = ["export", "-m", TINY, "--random-init", "--precision", "int8", "--calibration", str(folder),
+            "-o", str(tmp_path / "int8.edgeclip")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert any("has only 8 images (fewer than 64)" in line for line in warned), result.stderr
+    assert any("skipped 1 unreadable images" in line and "broken.jpg" in line for line in warned), result.stderr
+    assert "UserWarning" not in result.stderr and "build_calibration_set(" not in result.stderr
+
+
 def test_fp16_keeps_float32_io(tiny_bundle: Path, tmp_path: Path) -> None:
     record, out = _lower(tiny_bundle, tmp_path, "fp16", None)
     model = onnx.load(str(out[0]))
@@ -292,6 +308,42 @@ def _two_convs(path: Path) -> Path:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], w)  # fmt: skip
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+@pytest.mark.parametrize("huge", [False, True])
+def test_fp16_names_clamped_large_weights_in_one_warning_and_drops_the_tiny_ones(tmp_path: Path, huge: bool) -> None:
+    """The converter warns per clamped tensor: tiny values (hundreds on random MobileCLIP) and -inf masks are
+    dropped, finite values beyond fp16's safe range come back as one warning."""
+    import warnings
+
+    from onnx import numpy_helper
+
+    from edgeclip.export.quantize import convert_fp16
+
+    src = _two_convs(tmp_path / "convs.onnx")
+    model = onnx.load(str(src))
+    for t in model.graph.initializer:
+        w = numpy_helper.to_array(t).copy()
+        w.reshape(-1)[:2] = (1e-9, -1e-9)  # under fp16's smallest normal: clamped to +-1e-7, silently
+        if t.name == "w1":
+            w.reshape(-1)[2] = -np.inf  # an attention mask's value: clamped to -1e4, which still masks
+        if huge and t.name == "w2":
+            w.reshape(-1)[2] = 5e4
+        t.CopyFrom(numpy_helper.from_array(w, t.name))
+    onnx.save(model, str(src))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_fp16(src, tmp_path / "fp16.onnx")
+    messages = [str(w.message) for w in caught]
+    if huge:
+        assert messages == ["fp16: 1 weight tensors of convs.onnx hold values beyond +-1e4 and were clamped; the "
+                            "accuracy gate measures what that costs"]
+    else:
+        assert messages == []
+    x = np.random.default_rng(0).normal(size=(1, 8, 16, 16)).astype(np.float32)
+    y = onnxruntime.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    assert y.dtype == np.float32 and y.shape == x.shape
 
 
 @pytest.mark.parametrize("path", ["onnx", "tensorrt"])

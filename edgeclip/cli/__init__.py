@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,22 @@ from edgeclip._version import __version__
 
 
 class EdgeclipGroup(click.Group):
-    """Translates library errors at one place: usage errors exit 2, every other edgeclip error exits 1."""
+    """Translates library errors and warnings at one place: usage errors exit 2, other edgeclip errors exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except errors.UsageError as e:
-            raise click.UsageError(str(e)) from None
-        except errors.EdgeclipError as e:
-            raise click.ClickException(str(e)) from None
+        with warnings.catch_warnings():
+            warnings.showwarning = _echo_warning
+            try:
+                return super().invoke(ctx)
+            except errors.UsageError as e:
+                raise click.UsageError(str(e)) from None
+            except errors.EdgeclipError as e:
+                raise click.ClickException(str(e)) from None
+
+
+def _echo_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
+    """Warnings as one `warning: ...` line on stderr, as `calibrate` prints them, not Python's file:line echo."""
+    click.echo(f"warning: {message}", err=True)
 
 
 # --- parameter types: validate at the parameter, so bad values fail before any work -----------------

@@ -41,7 +41,8 @@ from edgeclip.cli import (
     "--calibration",
     type=click.Path(path_type=Path),
     multiple=True,
-    help="Calibration images or folders (coreml w8a8); onnx int8: a .npz from `edgeclip calibrate` or a folder.",
+    help="A .npz from `edgeclip calibrate` (one set for every target) or a folder of images: onnx/tensorrt "
+    "int8, coreml w8a8 (which also takes image files).",
 )
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
               help="onnx/tensorrt int8: how activation ranges are calibrated (default minmax; percentile clips "

@@ -114,7 +114,7 @@ class CoreMLOptions:
     compress: str | None = None
     image_input: str = IMAGE_INPUTS[0]
     deployment_target: str = DEFAULT_DEPLOYMENT_TARGET
-    calibration: tuple[Path, ...] = ()
+    calibration: tuple[Path, ...] = ()  # one .npz calibration set, or image files
     batch_sizes: tuple[int, ...] | None = None  # None: any batch in DEFAULT_BATCH_RANGE
 
     @property
@@ -145,15 +145,23 @@ def _batch_sizes(value: Any) -> tuple[int, ...] | None:
     return sizes
 
 
-def _calibration_images(value: Any) -> tuple[Path, ...]:
+def _calibration_sources(value: Any) -> tuple[Path, ...]:
+    """w8a8's --calibration: one `.npz` from `edgeclip calibrate` (the set every target takes) or image files."""
     from edgeclip.data.images import expand_image_paths
 
     if value is None:
         return ()
-    items = [value] if isinstance(value, (str, Path)) else list(value)
+    items = [Path(v) for v in ([value] if isinstance(value, (str, Path)) else list(value))]
     for item in items:
-        if not Path(item).exists():
-            raise UsageError(f"calibration path {item} does not exist: expected image files or a folder of them")
+        if not item.exists():
+            raise UsageError(f"calibration path {item} does not exist: expected a .npz from `edgeclip calibrate`, "
+                             f"image files or a folder of them")
+    sets = [item for item in items if item.suffix == ".npz"]
+    if sets and len(items) > 1:
+        raise UsageError(f"calibration {sets[0]} is a calibration set: pass it alone, not with other "
+                         f"{len(items) - 1} path(s)")
+    if sets:
+        return (sets[0],)
     images = tuple(expand_image_paths(items))
     if not images:
         raise UsageError(f"calibration {', '.join(map(str, items))} holds no images: expected JPEG/PNG/... files")
@@ -173,7 +181,7 @@ def parse_options(target_options: dict[str, Any]) -> CoreMLOptions:
             "deployment_target", target_options.get("deployment_target") or DEFAULT_DEPLOYMENT_TARGET,
             DEPLOYMENT_TARGETS,
         ),
-        calibration=_calibration_images(target_options.get("calibration")),
+        calibration=_calibration_sources(target_options.get("calibration")),
         batch_sizes=_batch_sizes(target_options.get("batch_sizes")),
     )
 
@@ -185,7 +193,12 @@ def validate_options(options: ExportOptions) -> ExportOptions:
     if comp is None:
         return options
     if comp.needs_calibration and not opts.calibration:
-        raise UsageError(f"--compress {comp.name} needs calibration images: pass --calibration FOLDER")
+        raise UsageError(f"--compress {comp.name} needs calibration images: pass --calibration calib.npz "
+                         f"(from `edgeclip calibrate`) or a FOLDER of images")
+    if opts.calibration and opts.calibration[0].suffix == ".npz":
+        from edgeclip.calibration import load_calibration_set
+
+        load_calibration_set(opts.calibration[0])  # a corrupt or foreign file fails here, before the model loads
     if comp.needs_macos and sys.platform != "darwin":
         raise RuntimeUnavailable(
             f"--compress {comp.name} calibrates by running the model, which CoreML does only on macOS "
@@ -460,24 +473,51 @@ def _pipeline(ct, compress: str | None):
     return pipeline
 
 
-def _calibration_samples(plan: _Plan, images: tuple[Path, ...], encoders: Encoders) -> list[dict[str, Any]]:
-    """Calibration inputs in the form `MLModel.predict` takes: PIL images for `pixels`, else float arrays."""
-    from edgeclip.runtimes.backends.coreml import pixels_to_images
+@dataclass(frozen=True)
+class _Calibration:
+    """W8A8's calibration pixels (normalized, N x 3 x H x W) and the manifest entry that names where they came from."""
+
+    pixels: np.ndarray
+    info: dict[str, Any]
+
+
+def _calibration(sources: tuple[Path, ...], encoders: Encoders) -> _Calibration:
+    """The calibration pixels for the model's preprocessing: read from a .npz (checked against it) or decoded."""
     from edgeclip.runtimes.preprocess import preprocess
 
-    pre = encoders.preprocess
+    method = {"method": "coremltools linear_quantize_activations (linear symmetric int8)", "encoders": ["image"]}
+    if len(sources) == 1 and sources[0].suffix == ".npz":
+        from edgeclip.calibration import load_calibration_set
+
+        calib = load_calibration_set(sources[0], expect=encoders.preprocess)
+        return _Calibration(calib.pixels, {**method, "images": len(calib), "set": calib.describe()})
+    import hashlib
+
+    from edgeclip.runtimes.bundle import sha256_file
+
+    digest = hashlib.sha256("".join(sorted(sha256_file(p) for p in sources)).encode()).hexdigest()
+    pixels = preprocess(list(sources), encoders.preprocess)
+    return _Calibration(pixels, {**method, "images": len(sources), "set_sha256": digest})
+
+
+def _calibration_samples(plan: _Plan, pixels: np.ndarray, encoders: Encoders) -> list[dict[str, Any]]:
+    """Calibration inputs in the form `MLModel.predict` takes: PIL images for `pixels`, else float arrays."""
+    from edgeclip.runtimes.backends.coreml import pixels_to_images
+
     if plan.normalization is not None:
-        return [{plan.input_name: pixels_to_images(preprocess(path, pre), pre.mean, pre.std)[0]} for path in images]
-    return [{plan.input_name: preprocess(path, pre)} for path in images]
+        pre = encoders.preprocess
+        return [{plan.input_name: image} for image in pixels_to_images(pixels, pre.mean, pre.std)]
+    return [{plan.input_name: pixels[i : i + 1]} for i in range(len(pixels))]
 
 
-def _calibrated(ct, mlmodel, plan: _Plan, opts: CoreMLOptions, encoders: Encoders, scratch: Path):
+def _calibrated(ct, mlmodel, plan: _Plan, opts: CoreMLOptions, calib: _Calibration, encoders: Encoders,
+                scratch: Path):
     """W8A8: activations calibrated on the user's images, then int8 weights; on a Mac, where the model can run."""
     import shutil
 
     import coremltools.optimize.coreml as cto
 
-    samples = _calibration_samples(plan, opts.calibration, encoders)
+    samples = _calibration_samples(plan, calib.pixels, encoders)
     try:
         with _quiet():
             mlmodel.save(str(scratch))
@@ -550,6 +590,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
     ct = _import_coremltools()
     opts = parse_options(options.target_options)
     plans = (_image_plan(ct, encoders, opts), _text_plan(ct, encoders, opts))
+    calib = _calibration(opts.calibration, encoders) if opts.calibration else None
     files = {}
     for plan in plans:
         with torch.no_grad():
@@ -561,7 +602,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
         mlmodel = _convert(ct, plan, program, options.precision, opts.deployment_target,
                            None if calibrate else opts.compress)
         if calibrate:
-            mlmodel = _calibrated(ct, mlmodel, plan, opts, encoders, out_dir / ".image_float.mlpackage")
+            mlmodel = _calibrated(ct, mlmodel, plan, opts, calib, encoders, out_dir / ".image_float.mlpackage")
         _describe(mlmodel, plan, encoders, opts, options.precision, embed_dim)
         name = f"{plan.role}_encoder.mlpackage"
         with _quiet():
@@ -571,7 +612,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
     return EncoderFiles(
         image=files["image"],
         text=files["text"],
-        calibration=_calibration_info(opts),
+        calibration=calib.info if calib else None,
         target_info={
             "format": "mlprogram",
             "minimum_deployment_target": opts.deployment_target,
@@ -600,20 +641,3 @@ def _compression_info(opts: CoreMLOptions) -> dict[str, Any] | None:
     if opts.compression.needs_calibration:
         info.update(text_encoder="int8 weights (no text calibration data)")
     return info
-
-
-def _calibration_info(opts: CoreMLOptions) -> dict[str, Any] | None:
-    """The manifest's calibration entry for w8a8: which images (by content digest, not path) and how."""
-    if not opts.calibration:
-        return None
-    import hashlib
-
-    from edgeclip.runtimes.bundle import sha256_file
-
-    digest = hashlib.sha256("".join(sorted(sha256_file(p) for p in opts.calibration)).encode()).hexdigest()
-    return {
-        "method": "coremltools linear_quantize_activations (linear symmetric int8)",
-        "encoders": ["image"],
-        "images": len(opts.calibration),
-        "set_sha256": digest,
-    }

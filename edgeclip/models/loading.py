@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,26 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+def _unweighted(architecture: str) -> nn.Module:
+    """open_clip's model without weights, minus its root-logger notice that it is random.
+
+    edgeclip either loads the checkpoint into it next or was asked for random weights, and says so itself.
+    """
+    import open_clip
+
+    notice = _DropRandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        return open_clip.create_model(architecture, pretrained=None)
+    finally:
+        logging.getLogger().removeFilter(notice)
+
+
 def load_model(
     architecture: str, pretrained: str | None = None, *, random_init: bool = False, seed: int = 0
 ) -> LoadedModel:
@@ -166,10 +187,10 @@ def load_model(
         # Seeded inside a forked RNG so that random weights are reproducible and the caller's RNG is untouched.
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = open_clip.create_model(architecture, pretrained=None)
+            model = _unweighted(architecture)
     elif _looks_like_file(pretrained):
         path = Path(pretrained)
-        model = open_clip.create_model(architecture, pretrained=None)
+        model = _unweighted(architecture)
         load_weights(model, path, architecture)
         checkpoint_sha = _sha256(path)
     else:

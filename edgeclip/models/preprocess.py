@@ -14,7 +14,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 def _image_size(architecture: str) -> tuple[int, int]:
     import open_clip
 
-    size = open_clip.get_model_config(architecture)["vision_cfg"].get("image_size", 224)
+    from edgeclip.models.loading import check_architecture
+
+    size = open_clip.get_model_config(check_architecture(architecture))["vision_cfg"].get("image_size", 224)
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
