@@ -87,7 +87,7 @@ def test_save_load_round_trip_and_corruption(shapes_folder: Path, tmp_path: Path
     with pytest.raises(UsageError, match="corrupt"):
         load_calibration_set(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(UsageError, match="not an edgeclip calibration set"):
+    with pytest.raises(UsageError, match=r"junk.npz is not an edgeclip calibration set \(not a .npz archive\)"):
         load_calibration_set(tmp_path / "junk.npz")
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,9 @@ class CalibrationSet:
 def load_calibration_set(path: Path, expect: PreprocessSpec | None = None) -> CalibrationSet:
     """Read a `.npz` written by `CalibrationSet.save`, checking its hash and (if given) its preprocessing."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # else numpy guesses a pickle and says so
+        raise UsageError(f"{path} is not an edgeclip calibration set (not a .npz archive): make one with "
+                         "`edgeclip calibrate`")
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))

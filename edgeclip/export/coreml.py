@@ -158,8 +158,9 @@ def _calibration_sources(value: Any) -> tuple[Path, ...]:
                              f"image files or a folder of them")
     sets = [item for item in items if item.suffix == ".npz"]
     if sets and len(items) > 1:
-        raise UsageError(f"calibration {sets[0]} is a calibration set: pass it alone, not with other "
-                         f"{len(items) - 1} path(s)")
+        others = len(items) - 1
+        raise UsageError(f"calibration {sets[0]} is a calibration set: pass it alone, not with {others} other "
+                         f"path{'s' if others > 1 else ''}")
     if sets:
         return (sets[0],)
     images = tuple(expand_image_paths(items))
