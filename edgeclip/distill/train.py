@@ -582,7 +582,11 @@ def _train(config, world, device, on_log, preprocess_spec_for) -> TrainResult:
 
     tokenizer = open_clip.get_tokenizer(arch)
     model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    # Fused AdamW where torch has it: on CPU the default is a per-tensor loop, 53 ms a step against fused's 9.5 ms
+    # for EdgeCLIP-Teacher-CNN (7.3M parameters, 2 threads), about an eighth of the whole step.
+    fused = True if device.type in ("cpu", "cuda") else None
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
+                                  fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.warmup, config.steps))
     cursor = Cursor()
     step = 0
