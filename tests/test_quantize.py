@@ -75,6 +75,7 @@ def test_int8_export_from_the_cli_records_calibration_and_gate(
     gate = record["gate"]
     assert gate["passed"] and gate["image"]["samples"] > 10 and 0.95 < gate["image"]["mean_cosine"] < 1.0
     assert gate["image"]["p1_cosine"] <= gate["image"]["mean_cosine"] and 0.0 <= gate["top1_agreement"] <= 1.0
+    assert 1 <= gate["reference_labels"] <= min(gate["labels"], gate["image"]["samples"])
     assert manifest["encoders"]["image"]["parity"]["min_cosine"] >= 0.99  # the int8 floor against PyTorch
     assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(out / "image_encoder.onnx")
     # the text encoder is dynamic int8 by default (measured faster and closer to fp32 than static)
@@ -400,3 +401,45 @@ def test_histogram_failure_on_a_near_constant_activation_is_one_line(tmp_path: P
     assert "\n" not in str(info.value)
     assert not (tmp_path / "p.onnx").exists()
     quantize_static_int8(src, tmp_path / "m.onnx", feeds({"x": x}), method="minmax")
+
+
+def _linear_encoders(tmp_path: Path, image_weight: np.ndarray) -> tuple[Path, Path]:
+    """An image encoder (flatten, linear) and a text encoder (mean of token embeddings), both 8-d, as ONNX files."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+
+    def save(name: str, nodes, inputs, weights) -> Path:
+        graph = helper.make_graph(nodes, name, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, n) for n, w in weights.items()])  # fmt: skip
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    image = save("image", [helper.make_node("Flatten", ["pixels"], ["f"]),
+                           helper.make_node("MatMul", ["f", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+                 [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [None, 3, 4, 4])],
+                 {"w": image_weight.astype(np.float32), "b": rng.normal(size=8).astype(np.float32)})  # fmt: skip
+    text = save("text", [helper.make_node("Gather", ["e", "token_ids"], ["g"]),
+                         helper.make_node("ReduceMean", ["g"], ["y"], axes=[1], keepdims=0)],
+                [helper.make_tensor_value_info("token_ids", TensorProto.INT64, [None, 5])],
+                {"e": rng.normal(size=(20, 8)).astype(np.float32)})  # fmt: skip
+    return image, text
+
+
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_gate_records_how_many_labels_fp32_predicts(tmp_path: Path, degenerate: bool) -> None:
+    """Top-1 agreement means little when fp32 gives every image one label; the gate says how many it gives."""
+    from edgeclip.export.accuracy_gate import measure_gate
+
+    rng = np.random.default_rng(0)
+    weight = np.zeros((48, 8)) if degenerate else rng.normal(size=(48, 8))  # zero: every image embeds as the bias
+    files = _linear_encoders(tmp_path, weight)
+    pixels = rng.normal(size=(32, 3, 4, 4)).astype(np.float32)
+    texts = rng.integers(0, 20, size=(6, 5))
+    labels = [f"l{i}" for i in range(10)]
+    label_tokens = rng.integers(0, 20, size=(10, 5))
+    report = measure_gate(files, files, pixels, texts, label_tokens, labels=labels)
+    assert report.top1_agreement == 1.0 and report.image.mean_cosine == pytest.approx(1.0)
+    assert report.to_dict()["reference_labels"] == report.reference_labels
+    assert (report.reference_labels == 1) == degenerate and 1 <= report.reference_labels <= len(labels)

@@ -175,6 +175,8 @@ def export(
             f"  accuracy gate vs fp32 ({gate['image']['samples']} held-out images): image mean cosine "
             f"{gate['image']['mean_cosine']:.4f} (p1 {gate['image']['p1_cosine']:.4f}), text mean cosine "
             f"{gate['text']['mean_cosine']:.4f}, zero-shot top-1 agreement {gate['top1_agreement']:.3f}"
+            + (" (fp32 gives every image the same label: agreement says little)"
+               if gate.get("reference_labels") == 1 else "")
         )
     if "parity_skipped" in m.target_info:
         click.echo(f"  note: {m.target_info['parity_skipped']}")

@@ -41,6 +41,8 @@ class GateReport:
     top1_agreement: float
     labels: int
     max_cosine_drop: float | None
+    # Distinct labels fp32 predicts over the held-out images: 1 (random weights, say) makes top-1 agreement a coin.
+    reference_labels: int
 
     @property
     def worst_drop(self) -> float:
@@ -58,6 +60,7 @@ class GateReport:
             "text": self.text.to_dict(),
             "top1_agreement": self.top1_agreement,
             "labels": self.labels,
+            "reference_labels": self.reference_labels,
             "max_cosine_drop": self.max_cosine_drop,
             "passed": self.passed,
         }
@@ -126,4 +129,5 @@ def measure_gate(
         top1_agreement=float((top_ref == top_cand).mean()),
         labels=len(labels),
         max_cosine_drop=max_cosine_drop,
+        reference_labels=len(set(top_ref.tolist())),
     )
