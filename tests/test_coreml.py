@@ -348,7 +348,7 @@ def test_w8a8_takes_the_calibration_set_the_other_targets_take(photo_files, tmp_
 
     spec, _ = preprocess_spec_for(TINY, None, {"image_size": (48, 40)})
     with pytest.warns(UserWarning, match="only 3 images"):
-        calib, _ = build_calibration_set(photo_files[0].parent, spec, count=8)
+        calib, _ = build_calibration_set(photo_files[0].parent, spec)
     npz = calib.save(tmp_path / "calib.npz")
     files = tuple(photo_files[0].parent / name for name in calib.sources)
     encoders = _plain_encoders(spec)
@@ -369,6 +369,11 @@ def test_w8a8_takes_the_calibration_set_the_other_targets_take(photo_files, tmp_
         assert a[0]["image"].size == (40, 48) and a[0]["image"].mode == "RGB"
     info = _calibration(from_set.calibration, encoders).info
     assert info["set"]["id"] == calib.id and info["images"] == len(photo_files) and info["encoders"] == ["image"]
+    # one folder is drawn into the same set as `edgeclip calibrate` (and the onnx target) draws from it
+    from_folder = parse_options({"compress": "w8a8", "calibration": str(photo_files[0].parent)})
+    assert from_folder.calibration == (photo_files[0].parent,)
+    with pytest.warns(UserWarning, match="only 3 images"):
+        assert _calibration(from_folder.calibration, encoders).info["set"]["id"] == calib.id
 
 
 def test_w8a8_calibration_set_for_other_preprocessing_names_both(photo_files, tmp_path: Path) -> None:
@@ -594,7 +599,7 @@ def test_w8a8_calibrates_on_images_and_passes_its_parity_floor(tmp_path: Path, s
                            target_options={"compress": "w8a8", "calibration": calib})
     assert result.manifest.target_info["compression"]["name"] == "w8a8"
     assert result.manifest.calibration["images"] == 16 and result.manifest.calibration["encoders"] == ["image"]
-    assert ("set" in result.manifest.calibration) == (source == "npz")
+    assert result.manifest.calibration["set"]["images"] == 16  # a folder is drawn into a set as onnx draws it
     ops = mil_ops(result.path, "image")
     assert any(op.op_type == "quantize" for op in ops) and any(op.op_type == "dequantize" for op in ops)
     floor = COMPRESSIONS["w8a8"].parity_floor

@@ -166,6 +166,8 @@ def _calibration_sources(value: Any) -> tuple[Path, ...]:
     images = tuple(expand_image_paths(items))
     if not images:
         raise UsageError(f"calibration {', '.join(map(str, items))} holds no images: expected JPEG/PNG/... files")
+    if len(items) == 1 and items[0].is_dir():
+        return (items[0],)  # one folder: drawn into a calibration set as the onnx and tensorrt targets draw it
     return images
 
 
@@ -483,14 +485,15 @@ class _Calibration:
 
 
 def _calibration(sources: tuple[Path, ...], encoders: Encoders) -> _Calibration:
-    """The calibration pixels for the model's preprocessing: read from a .npz (checked against it) or decoded."""
+    """The calibration pixels for the model's preprocessing: a .npz (checked against it) or a folder, as every
+    target reads them, or else the image files given, every one of them."""
     from edgeclip.runtimes.preprocess import preprocess
 
     method = {"method": "coremltools linear_quantize_activations (linear symmetric int8)", "encoders": ["image"]}
-    if len(sources) == 1 and sources[0].suffix == ".npz":
-        from edgeclip.calibration import load_calibration_set
+    if len(sources) == 1 and (sources[0].suffix == ".npz" or sources[0].is_dir()):
+        from edgeclip.export.onnx_quant import resolve_calibration
 
-        calib = load_calibration_set(sources[0], expect=encoders.preprocess)
+        calib = resolve_calibration(sources[0], encoders.preprocess)
         return _Calibration(calib.pixels, {**method, "images": len(calib), "set": calib.describe()})
     import hashlib
 
