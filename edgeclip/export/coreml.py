@@ -114,7 +114,7 @@ class CoreMLOptions:
     compress: str | None = None
     image_input: str = IMAGE_INPUTS[0]
     deployment_target: str = DEFAULT_DEPLOYMENT_TARGET
-    calibration: tuple[Path, ...] = ()  # one .npz calibration set, or image files
+    calibration: tuple[Path, ...] = ()  # one .npz or one folder (drawn into a set), or image files
     batch_sizes: tuple[int, ...] | None = None  # None: any batch in DEFAULT_BATCH_RANGE
 
     @property
@@ -146,7 +146,7 @@ def _batch_sizes(value: Any) -> tuple[int, ...] | None:
 
 
 def _calibration_sources(value: Any) -> tuple[Path, ...]:
-    """w8a8's --calibration: one `.npz` from `edgeclip calibrate` (the set every target takes) or image files."""
+    """w8a8's --calibration: one `.npz` from `edgeclip calibrate` or one folder, as every target takes, or images."""
     from edgeclip.data.images import expand_image_paths
 
     if value is None:
