@@ -76,8 +76,9 @@ def run(models: list[str], variants: list[str], work: Path) -> list[dict]:
         for variant in variants:
             out = work / f"{model}.{variant}.edgeclip"
             start = time.perf_counter()
-            result = export_bundle(model, output=out, target="coreml", random_init=True, force=True,
-                                   **VARIANTS[variant])
+            result = export_bundle(
+                model, output=out, target="coreml", random_init=True, force=True, **VARIANTS[variant]
+            )
             seconds = time.perf_counter() - start
             sizes = {role: size_path(out / enc.file) for role, enc in result.manifest.encoders.items()}
             total = sum(sizes.values())
@@ -110,11 +111,15 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         checks = "pass" if r["checks_pass"] else r["checks"]
         if r["checks_pass"] and "weights_checked" in r["checks"]["image"]:
-            checks += (f" (decompressed weights vs PyTorch: image {r['checks']['image']['weights_checked']}, "
-                       f"text {r['checks']['text']['weights_checked']} of the compressible values)")
+            checks += (
+                f" (decompressed weights vs PyTorch: image {r['checks']['image']['weights_checked']}, "
+                f"text {r['checks']['text']['weights_checked']} of the compressible values)"
+            )
         ratio = f"{r['vs_fp32']}x" if r["vs_fp32"] else "-"
-        lines.append(f"| {r['model']} | {r['variant']} | {r['image_MB']} | {r['text_MB']} | {ratio} | "
-                     f"{r['convert_s']} | {r['export_s']} | {checks} |")
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['image_MB']} | {r['text_MB']} | {ratio} | "
+            f"{r['convert_s']} | {r['export_s']} | {checks} |"
+        )
     return "\n".join(lines)
 
 

@@ -55,14 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-batch-size", type=int, default=0, help="teacher batch (0: --batch-size)")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of both students")
     p.add_argument("--teacher-lr", type=float, default=2e-3)
-    p.add_argument("--lam", type=float, action="append", dest="lams",
-                   help="λ of a reinforced student (repeat for several curves; default 1.0)")
+    p.add_argument(
+        "--lam",
+        type=float,
+        action="append",
+        dest="lams",
+        help="λ of a reinforced student (repeat for several curves; default 1.0)",
+    )
     p.add_argument("--student-seed", type=int, default=0)
     p.add_argument("--shards", type=Path, help="reuse the shards of an earlier run (its OUTPUT/shards)")
     p.add_argument("--skip", default="", help="comma list of phases to skip: curves, throughput")
     p.add_argument("--teacher-steps", type=int, default=2000)
-    p.add_argument("--teacher-captions", type=int, default=5,
-                   help="paraphrases per image mixed into the teachers' plain-CLIP captions (0: real captions only)")
+    p.add_argument(
+        "--teacher-captions",
+        type=int,
+        default=5,
+        help="paraphrases per image mixed into the teachers' plain-CLIP captions (0: real captions only)",
+    )
     p.add_argument("--train-samples", type=int, default=4000)
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--student-steps", type=int, default=4000)
@@ -113,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"teacher {seed}: top-1 {r.final_top1:.3f} after {r.steps} steps ({r.seconds:.0f} s)", flush=True)
             colour = [a for s, n, a in r.extra_evals if n == "color"]
             results.setdefault("teachers", []).append(
-                {"seed": seed, "top1": r.final_top1, "top1_colour": colour[-1] if colour else None,
-                 "seconds": r.seconds}
+                {
+                    "seed": seed,
+                    "top1": r.final_top1,
+                    "top1_colour": colour[-1] if colour else None,
+                    "seconds": r.seconds,
+                }
             )
             teachers.append(r.model_path)
     refs = [f"{args.teacher_model}:{t}" for t in teachers]
@@ -168,8 +181,7 @@ def _curves(args, results: dict, out: Path, shards: Path, eval_spec: str, augmen
                    seed=args.student_seed)  # fmt: skip
         curves["shape"][key] = list(r.evals)
         curves["colour"][key] = [(s, a) for s, n, a in r.extra_evals if n == "color"]
-        print(f"student {key}: " + ", ".join(f"{s}:{a:.3f}" for s, a in r.evals) + f" ({r.seconds:.0f} s)",
-              flush=True)
+        print(f"student {key}: " + ", ".join(f"{s}:{a:.3f}" for s, a in r.evals) + f" ({r.seconds:.0f} s)", flush=True)
     results["curve_runs"] = [_run_key(loss, lam) for loss, lam in runs]
     for name, table in curves.items():
         plain_final = table["clip"][-1][1]

@@ -36,8 +36,14 @@ def build_mc2s0(root: Path, threads: int) -> dict:
     bundle = load_bundle(bundle_path, threads=threads)
     pixels = preprocess([data.astronaut()], bundle.manifest.preprocess)
     tokens = bundle.tokenizer.encode(["a photo of an astronaut floating above the earth"])
-    return {"model": model, "bundle": bundle, "path": Path(bundle_path), "pixels": pixels, "tokens": tokens,
-            "root": root}
+    return {
+        "model": model,
+        "bundle": bundle,
+        "path": Path(bundle_path),
+        "pixels": pixels,
+        "tokens": tokens,
+        "root": root,
+    }
 
 
 def build_quantized(root: Path, bundle) -> dict:
@@ -59,8 +65,14 @@ def build_quantized(root: Path, bundle) -> dict:
     files = {"fp32": fp32}
     for name, precision, options in (("int8-edgeclip", "int8", {"calibration": [folder]}), ("fp16", "fp16", {})):
         out = (root / f"{name}-image.onnx", root / f"{name}-text.onnx")
-        lower_precision(fp32, out, parse_options(precision, options), calib if precision == "int8" else None,
-                        m.preprocess, bundle.tokenizer)
+        lower_precision(
+            fp32,
+            out,
+            parse_options(precision, options),
+            calib if precision == "int8" else None,
+            m.preprocess,
+            bundle.tokenizer,
+        )
         files[name] = out
     inputs = gate_inputs(calib, m.preprocess, bundle.tokenizer)
     files["int8-default"] = (root / "default-image.onnx", root / "default-text.onnx")

@@ -27,8 +27,15 @@ import numpy as np
 ARCH = "EdgeCLIP-MCi0-Shapes"
 CONFIG = {
     "embed_dim": 128,
-    "vision_cfg": {"timm_model_name": "fastvit_mci0", "timm_model_pretrained": False, "timm_pool": "avg",
-                   "timm_proj": None, "timm_drop": 0.0, "timm_drop_path": 0.0, "image_size": 64},
+    "vision_cfg": {
+        "timm_model_name": "fastvit_mci0",
+        "timm_model_pretrained": False,
+        "timm_pool": "avg",
+        "timm_proj": None,
+        "timm_drop": 0.0,
+        "timm_drop_path": 0.0,
+        "image_size": 64,
+    },
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
     "custom_text": True,
 }
@@ -80,8 +87,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "edgeclip-quant-acc")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-calibration-timing", action="store_true")
-    parser.add_argument("--rows", default="fp32,fp16,int8,int8-static-text,int8-dynamic",
-                        help="bundles to compare (fp32 always)")
+    parser.add_argument(
+        "--rows", default="fp32,fp16,int8,int8-static-text,int8-dynamic", help="bundles to compare (fp32 always)"
+    )
     args = parser.parse_args()
     args.rows = {"fp32", *args.rows.split(",")}
     warnings.filterwarnings("ignore")
@@ -94,8 +102,13 @@ def main() -> None:
 
     register_architecture()
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, object] = {"architecture": ARCH, "config": CONFIG, "steps": args.steps,
-                                  "batch_size": args.batch_size, "lr": args.lr}
+    results: dict[str, object] = {
+        "architecture": ARCH,
+        "config": CONFIG,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+    }
 
     if not args.skip_calibration_timing:
         results["calibration_build_seconds_256"] = calibration_build_time(args.out)
@@ -145,8 +158,9 @@ def main() -> None:
     pixels = preprocess(images, spec)
     emb = {}
     for name, bundle in bundles.items():
-        img = np.concatenate([bundle.encoder("image").run({"pixels": pixels[i : i + 64]})[0]
-                              for i in range(0, len(pixels), 64)])
+        img = np.concatenate(
+            [bundle.encoder("image").run({"pixels": pixels[i : i + 64]})[0] for i in range(0, len(pixels), 64)]
+        )
         cls = bundle.encode_text(prompts)
         txt = bundle.encode_text(captions)
         emb[name] = (img, cls, txt, bundle.encode_text(color_prompts))
@@ -156,15 +170,25 @@ def main() -> None:
         top1 = float(((img @ cls.T).argmax(-1) == labels).mean())
         color_top1 = float(((img @ col.T).argmax(-1) == color_labels).mean())
         ci, ct = cosine(ref_img, img), cosine(ref_txt, txt)
-        rows.append({"bundle": name, "top1": top1, "color_top1": color_top1, "image_mean_cos": float(ci.mean()),
-                     "image_p1_cos": float(np.percentile(ci, 1)), "text_mean_cos": float(ct.mean()),
-                     "text_p1_cos": float(np.percentile(ct, 1))})
+        rows.append(
+            {
+                "bundle": name,
+                "top1": top1,
+                "color_top1": color_top1,
+                "image_mean_cos": float(ci.mean()),
+                "image_p1_cos": float(np.percentile(ci, 1)),
+                "text_mean_cos": float(ct.mean()),
+                "text_p1_cos": float(np.percentile(ct, 1)),
+            }
+        )
     results["rows"] = rows
     print(f"\nshapes eval split ({len(images)} images, zero-shot over {len(SHAPES)} shapes), cosine vs the fp32 bundle")
     print(f"{'bundle':<18}{'shape':>8}{'colour':>8}{'img mean':>10}{'img p1':>9}{'txt mean':>10}{'txt p1':>9}")
     for r in rows:
-        print(f"{r['bundle']:<18}{r['top1'] * 100:7.2f}%{r['color_top1'] * 100:7.2f}%"
-              f"{r['image_mean_cos']:10.5f}{r['image_p1_cos']:9.5f}{r['text_mean_cos']:10.5f}{r['text_p1_cos']:9.5f}")
+        print(
+            f"{r['bundle']:<18}{r['top1'] * 100:7.2f}%{r['color_top1'] * 100:7.2f}%"
+            f"{r['image_mean_cos']:10.5f}{r['image_p1_cos']:9.5f}{r['text_mean_cos']:10.5f}{r['text_p1_cos']:9.5f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

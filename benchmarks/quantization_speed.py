@@ -197,8 +197,10 @@ def main() -> None:
             beats = peer is None or ms["int8-edgeclip"] < peer
             verdict = "met" if speedup >= GOAL_SPEEDUP and beats else "missed"
             vs_nncf = "" if peer is None else f", {peer / ms['int8-edgeclip']:.2f}x NNCF"
-            print(f"  goal: int8-edgeclip >= {GOAL_SPEEDUP}x fp32 and faster than NNCF int8: {verdict} "
-                  f"({speedup:.2f}x{vs_nncf})")
+            print(
+                f"  goal: int8-edgeclip >= {GOAL_SPEEDUP}x fp32 and faster than NNCF int8: {verdict} "
+                f"({speedup:.2f}x{vs_nncf})"
+            )
             report["goal"] = {"speedup_vs_fp32": speedup, "faster_than_nncf": beats, "met": verdict == "met"}
         if args.profile:
             report["encoders"][role]["profile"] = profile(files, x, role, args.threads, work)

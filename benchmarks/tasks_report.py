@@ -50,8 +50,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 HELD_OUT = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
-TRAIN_PHOTOS = ("camera", "brick", "grass", "gravel", "coins", "moon", "clock", "page", "text", "cell",
-                "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel")
+TRAIN_PHOTOS = (
+    "camera",
+    "brick",
+    "grass",
+    "gravel",
+    "coins",
+    "moon",
+    "clock",
+    "page",
+    "text",
+    "cell",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+)
 QUALITY_ARCH = "EdgeCLIP-Tiny-MNv3"
 SPECIES = ("print", "screen_replay", "video_replay", "cutout", "paper_mask", "tampered_id", "low_light")
 
@@ -75,8 +89,9 @@ def metrics_check() -> dict:
     from edgeclip.metrics.liveness import ScoreSet, bpcer_at_apcer, eer, operating_point, roc_auc
     from edgeclip.metrics.quality import srcc
 
-    hand = ScoreSet(np.array([0.9, 0.8, 0.7, 0.3]), {"print": np.array([0.1, 0.2, 0.75]),
-                                                     "screen": np.array([0.4, 0.05])})
+    hand = ScoreSet(
+        np.array([0.9, 0.8, 0.7, 0.3]), {"print": np.array([0.1, 0.2, 0.75]), "screen": np.array([0.4, 0.05])}
+    )
     rate, threshold = eer(hand)
     point = operating_point(hand, 0.5)
     rows = [
@@ -175,34 +190,62 @@ def quality_section(work: Path, steps: int, seed: int, pooled_weight: float = 1.
         shutil.copy(path, photos / path.name)
     print("pristine photos:", ", ".join(sorted(p.name for p in photos.iterdir())), flush=True)
     config = QualityTrainConfig(
-        QUALITY_ARCH, random_init=True, images=(str(photos),), shapes=600, steps=steps, batch_size=8, lr=2e-3,
-        anchor_weight=0.5, pooled_weight=pooled_weight, seed=seed,
+        QUALITY_ARCH,
+        random_init=True,
+        images=(str(photos),),
+        shapes=600,
+        steps=steps,
+        batch_size=8,
+        lr=2e-3,
+        anchor_weight=0.5,
+        pooled_weight=pooled_weight,
+        seed=seed,
     )
     print(f"training {QUALITY_ARCH} from random weights, {steps} steps: {config.to_dict()}", flush=True)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is several times faster than two here
     try:
-        result = train_quality(config, work / "quality.safetensors",
-                               on_log=lambda s, r: print(f"  step {s}: loss {r['loss']:.4f}", flush=True),
-                               log_every=max(1, steps // 10))
+        result = train_quality(
+            config,
+            work / "quality.safetensors",
+            on_log=lambda s, r: print(f"  step {s}: loss {r['loss']:.4f}", flush=True),
+            log_every=max(1, steps // 10),
+        )
     finally:
         torch.set_num_threads(before)
-    print(f"trained in {result.seconds:.0f}s; training-probe pair accuracy {result.probe_before:.3f} -> "
-          f"{result.probe_after:.3f}", flush=True)
+    print(
+        f"trained in {result.seconds:.0f}s; training-probe pair accuracy {result.probe_before:.3f} -> "
+        f"{result.probe_after:.3f}",
+        flush=True,
+    )
     trained = export_bundle(QUALITY_ARCH, str(result.path), work / "quality.edgeclip", force=True).path
-    baseline = export_bundle(QUALITY_ARCH, output=work / "quality-random.edgeclip", random_init=True, force=True,
-                             ).path
+    baseline = export_bundle(
+        QUALITY_ARCH,
+        output=work / "quality-random.edgeclip",
+        random_init=True,
+        force=True,
+    ).path
     figures = {"trained": quality_srcc(trained), "random_weights": quality_srcc(baseline)}
-    print("| model | mean SRCC per ladder (30) | pooled SRCC, levels 0-5 | pooled, 1-5 | "
-          + " | ".join(figures["trained"]["per_family_srcc"]) + " |")
+    print(
+        "| model | mean SRCC per ladder (30) | pooled SRCC, levels 0-5 | pooled, 1-5 | "
+        + " | ".join(figures["trained"]["per_family_srcc"])
+        + " |"
+    )
     print("|---" * (4 + len(figures["trained"]["per_family_srcc"])) + "|")
     for name, f in figures.items():
         fam = " | ".join(f"{v:.3f}" for v in f["per_family_srcc"].values())
-        print(f"| {name} | {f['mean_per_ladder_srcc']:.3f} | {f['pooled_srcc_levels_0_5']:.3f} | "
-              f"{f['pooled_srcc_levels_1_5']:.3f} | {fam} |")
+        print(
+            f"| {name} | {f['mean_per_ladder_srcc']:.3f} | {f['pooled_srcc_levels_0_5']:.3f} | "
+            f"{f['pooled_srcc_levels_1_5']:.3f} | {fam} |"
+        )
     print("mean trained score per level 0..5:", [round(v, 3) for v in figures["trained"]["mean_score_per_level"]])
-    return {"config": config.to_dict(), "train_seconds": result.seconds, "probe_before": result.probe_before,
-            "probe_after": result.probe_after, **figures}
+    return {
+        "config": config.to_dict(),
+        "train_seconds": result.seconds,
+        "probe_before": result.probe_before,
+        "probe_after": result.probe_after,
+        **figures,
+    }
 
 
 # --- 3. liveness --------------------------------------------------------------------------------------
@@ -212,8 +255,9 @@ def _lfw_canvas(face: np.ndarray, side: int = 192, face_px: int = 112) -> tuple[
     """An LFW crop (25 x 25 grey, 0..1) upscaled and padded by edge replication onto a square canvas."""
     grey = Image.fromarray((face * 255).astype(np.uint8)).resize((face_px, face_px), Image.BICUBIC)
     pad = (side - face_px) // 2
-    rgb = np.pad(np.asarray(grey.convert("RGB")), ((pad, side - face_px - pad), (pad, side - face_px - pad), (0, 0)),
-                 mode="edge")
+    rgb = np.pad(
+        np.asarray(grey.convert("RGB")), ((pad, side - face_px - pad), (pad, side - face_px - pad), (0, 0)), mode="edge"
+    )
     return rgb, (pad, pad, face_px, face_px)
 
 
@@ -255,8 +299,10 @@ def _print_report(title: str, report: dict) -> None:
     print("|---" * (1 + len(test["apcer"])) + "|")
     print("| APCER | " + " | ".join(f"{v:.1%}" for v in test["apcer"].values()) + " |")
     at = ", ".join(f"BPCER@APCER={float(k):.0%} {v:.1%}" for k, v in report["test_bpcer_at_apcer"].items())
-    print(f"\nworst APCER {test['worst_apcer']:.1%} ({test['worst_species']}), BPCER {test['bpcer']:.1%}, "
-          f"ACER {test['acer']:.1%}; EER {report['test_eer']:.1%}, AUC {report['test_auc']:.3f}; {at}")
+    print(
+        f"\nworst APCER {test['worst_apcer']:.1%} ({test['worst_species']}), BPCER {test['bpcer']:.1%}, "
+        f"ACER {test['acer']:.1%}; EER {report['test_eer']:.1%}, AUC {report['test_auc']:.3f}; {at}"
+    )
     missing = {k: v for k, v in report["no_face"].items() if v}
     print(f"no face found (scored 0, i.e. rejected): {missing or 'none'}\n", flush=True)
 
@@ -273,17 +319,19 @@ def liveness_section(shots: Path, fas: Path, bundle_path: Path) -> dict:
     started = time.perf_counter()
     zs = evaluate_folder(LivenessDetector(bundle, "liveness"), fas)
     _print_report("zero-shot (built-in species prompts)", zs)
-    adapted = adapt_head(bundle, read_shots_folder(shots), "liveness_adapted", base=zero_shot,
-                         detector=get_face_detector("haar"))
+    adapted = adapt_head(
+        bundle, read_shots_folder(shots), "liveness_adapted", base=zero_shot, detector=get_face_detector("haar")
+    )
     bundle.save_head(adapted.head, force=True)
     cv = adapted.to_dict().get("cross_validation", {})
-    print(f"adapt: {adapted.shots} shots, alpha {adapted.alpha:g}, shrinkage {adapted.shrinkage:.3f}; "
-          f"cross-validated accuracy on the shots: zero-shot {cv.get('zero_shot_accuracy', 0):.1%}, "
-          f"adapted {cv.get('adapted_accuracy', 0):.1%}; dropped: {', '.join(adapted.dropped)}\n")
+    print(
+        f"adapt: {adapted.shots} shots, alpha {adapted.alpha:g}, shrinkage {adapted.shrinkage:.3f}; "
+        f"cross-validated accuracy on the shots: zero-shot {cv.get('zero_shot_accuracy', 0):.1%}, "
+        f"adapted {cv.get('adapted_accuracy', 0):.1%}; dropped: {', '.join(adapted.dropped)}\n"
+    )
     ad = evaluate_folder(LivenessDetector(bundle, "liveness_adapted"), fas)
     _print_report("adapt head (GDA on 20 identities x 8 classes, ensembled with zero-shot)", ad)
-    return {"zero_shot": zs, "adapted": ad, "adapt": adapted.to_dict(),
-            "seconds": time.perf_counter() - started}
+    return {"zero_shot": zs, "adapted": ad, "adapt": adapted.to_dict(), "seconds": time.perf_counter() - started}
 
 
 # --- 4. latency ---------------------------------------------------------------------------------------
@@ -298,8 +346,12 @@ def _timed(fn, runs: int, warmup: int = 3) -> dict:
         fn()
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
-    return {"min_ms": times[0], "median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (runs - 1))],
-            "runs": runs}
+    return {
+        "min_ms": times[0],
+        "median_ms": statistics.median(times),
+        "p90_ms": times[int(0.9 * (runs - 1))],
+        "runs": runs,
+    }
 
 
 def latency_section(work: Path, bundle_path: Path, runs: int) -> dict:
@@ -327,14 +379,17 @@ def latency_section(work: Path, bundle_path: Path, runs: int) -> dict:
         "  of which: decode JPEG": _timed(lambda: load_image(photo), runs),
         "  of which: Haar face detection": _timed(lambda: detector.detector.detect(rgb), runs),
         "  of which: crop + preprocess + encode + head": _timed(
-            lambda: detector.probabilities([crop_face(rgb, box, detector.margin)]), runs),
+            lambda: detector.probabilities([crop_face(rgb, box, detector.margin)]), runs
+        ),
         "QualityScorer.score (file in, all steps)": _timed(lambda: scorer.score(photo), runs),
         "image encoder alone (preprocessed crop)": _timed(lambda: bundle.encode_image(crop), runs),
     }
     import onnxruntime
 
-    print(f"MobileCLIP2-S0 ONNX fp32, batch 1, onnxruntime {onnxruntime.__version__} CPU, default threads; "
-          f"512x512 JPEG; {runs} timed runs after 3 warm-up (shared 2-vCPU machine: min is the least disturbed)\n")
+    print(
+        f"MobileCLIP2-S0 ONNX fp32, batch 1, onnxruntime {onnxruntime.__version__} CPU, default threads; "
+        f"512x512 JPEG; {runs} timed runs after 3 warm-up (shared 2-vCPU machine: min is the least disturbed)\n"
+    )
     print("| step | min ms | median ms | p90 ms |\n|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['min_ms']:.1f} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} |")
@@ -347,15 +402,23 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="Also write every figure as JSON here.")
     parser.add_argument("--steps", type=int, default=2000, help="Quality training steps.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pooled-weight", type=float, default=1.0,
-                        help="Weight of the cross-image, cross-family ranking loss (0: QualiCLIP's losses + anchors).")
+    parser.add_argument(
+        "--pooled-weight",
+        type=float,
+        default=1.0,
+        help="Weight of the cross-image, cross-family ranking loss (0: QualiCLIP's losses + anchors).",
+    )
     parser.add_argument("--runs", type=int, default=20, help="Timed runs per latency row.")
     parser.add_argument("--mc2s0", type=Path, help="An existing MobileCLIP2-S0 ONNX bundle (else exported here).")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-liveness", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--liveness-on", choices=("both", "mc2s0", "trained"), default="both",
-                        help="Liveness backbones: MobileCLIP2-S0 and/or the quality model in --work.")
+    parser.add_argument(
+        "--liveness-on",
+        choices=("both", "mc2s0", "trained"),
+        default="both",
+        help="Liveness backbones: MobileCLIP2-S0 and/or the quality model in --work.",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     report: dict = {}
@@ -378,8 +441,9 @@ def main() -> None:
         backbones = [("MobileCLIP2-S0, RANDOM weights", mc2s0)] if args.liveness_on != "trained" else []
         trained = args.work / "quality.edgeclip"
         if trained.is_dir() and args.liveness_on != "mc2s0":
-            backbones.append(("EdgeCLIP-Tiny-MNv3 trained in section 2 (quality objective only; no liveness data)",
-                              trained))
+            backbones.append(
+                ("EdgeCLIP-Tiny-MNv3 trained in section 2 (quality objective only; no liveness data)", trained)
+            )
         report["liveness"] = {}
         for title, path in backbones:
             print(f"### {title}\n", flush=True)

@@ -111,18 +111,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tensorrt_engines.py needs an NVIDIA GPU with TensorRT: {reason}", file=sys.stderr)
         return 2
     if "CUDAExecutionProvider" not in available_providers():
-        print("the ONNX Runtime CUDA fp32 reference needs onnxruntime-gpu (CUDAExecutionProvider is missing)",
-              file=sys.stderr)
+        print(
+            "the ONNX Runtime CUDA fp32 reference needs onnxruntime-gpu (CUDAExecutionProvider is missing)",
+            file=sys.stderr,
+        )
         return 2
     facts = device_facts()
     print(f"device: {facts['gpu_name']} (sm {facts['compute_capability']}), TensorRT {facts['tensorrt_version']}")
     paths = export_all(args, max(batches))
-    bundles = {name: load_bundle(path, providers=["CUDAExecutionProvider"] if name.startswith("ort") else None)
-               for name, path in paths.items()}
+    bundles = {
+        name: load_bundle(path, providers=["CUDAExecutionProvider"] if name.startswith("ort") else None)
+        for name, path in paths.items()
+    }
     reference = bundles["ort-cuda-fp32"]
     probe = inputs(reference, 16)
-    ref_out = {role: reference.encoder(role).run({reference.manifest.encoders[role].inputs[0].name: probe[role]})[0]
-               for role in ("image", "text")}
+    ref_out = {
+        role: reference.encoder(role).run({reference.manifest.encoders[role].inputs[0].name: probe[role]})[0]
+        for role in ("image", "text")
+    }
     results: dict[str, dict] = {"device": facts, "host": platform.node(), "model": args.model, "runs": {}}
     for name, bundle in bundles.items():
         m = bundle.manifest
@@ -133,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             out = runner.run({input_name: probe[role]})[0]
             row["parity_vs_ort_cuda_fp32"][role] = compare(ref_out[role], out, "ort-cuda-fp32").to_dict()
             if m.encoders[role].parity is not None:
-                row["export_parity"][role] = {"vs_pytorch": m.encoders[role].parity.to_dict(),
-                                              "vs_onnxruntime_fp32": m.target_info.get("parity_vs_onnxruntime_fp32",
-                                                                                        {}).get(role)}
+                row["export_parity"][role] = {
+                    "vs_pytorch": m.encoders[role].parity.to_dict(),
+                    "vs_onnxruntime_fp32": m.target_info.get("parity_vs_onnxruntime_fp32", {}).get(role),
+                }
             for batch in batches:
                 feed = inputs(bundle, batch)[role]
                 row["latency"][f"{role}@{batch}"] = time_encoder(runner, input_name, feed, args.iters, args.warmup)

@@ -84,8 +84,16 @@ class Suite:
         if cand.export:
             out = self.root / f"{len(self.opened)}-{cand.target}-{cand.precision}.edgeclip"
             try:
-                export_bundle(MODEL, PRETRAINED, out, target=cand.target, precision=cand.precision,
-                              random_init=PRETRAINED is None, target_options=dict(cand.options), force=True)
+                export_bundle(
+                    MODEL,
+                    PRETRAINED,
+                    out,
+                    target=cand.target,
+                    precision=cand.precision,
+                    random_init=PRETRAINED is None,
+                    target_options=dict(cand.options),
+                    force=True,
+                )
             except EdgeclipError as e:
                 return Measured(skip=f"❌ {cand.name} export failed: {e}")
             source = {"path": str(out)}

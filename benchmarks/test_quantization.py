@@ -53,8 +53,9 @@ def test_onnxruntime(benchmark, setup, role: str, row: str) -> None:
     benchmark.extra_info["baseline"] = row == "fp32"
     path = setup["files"][row][0 if role == "image" else 1]
     session = onnxruntime.InferenceSession(str(path), session_options(THREADS), providers=["CPUExecutionProvider"])
-    reference = onnxruntime.InferenceSession(str(setup["files"]["fp32"][0 if role == "image" else 1]),
-                                             providers=["CPUExecutionProvider"])
+    reference = onnxruntime.InferenceSession(
+        str(setup["files"]["fp32"][0 if role == "image" else 1]), providers=["CPUExecutionProvider"]
+    )
     name, x = _x(setup, role)
     benchmark.extra_info["cosine_vs_fp32"] = _cosine(session.run(None, {name: x})[0], reference.run(None, {name: x})[0])
     benchmark.pedantic(lambda: session.run(None, {name: x}), **ROUNDS)

@@ -139,8 +139,18 @@ def test_adapt_cli_stores_a_head_used_by_liveness_and_classify(tiny_bundle_copy:
             Image.fromarray(np.asarray(image)).save(shots / label / f"{i}.png")
     runner = CliRunner()
     assert runner.invoke(cli, ["heads", "add-liveness", str(tiny_bundle_copy)]).exit_code == 0
-    args = ["adapt", str(tiny_bundle_copy), str(shots), "--name", "my_liveness", "--base", "liveness",
-            "--detector", "none", "--json"]
+    args = [
+        "adapt",
+        str(tiny_bundle_copy),
+        str(shots),
+        "--name",
+        "my_liveness",
+        "--base",
+        "liveness",
+        "--detector",
+        "none",
+        "--json",
+    ]
     result = runner.invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)

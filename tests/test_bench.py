@@ -86,8 +86,24 @@ def test_model_run_exports_compares_with_eager_and_marks_what_cannot_run(tmp_pat
     every row in its own worker process."""
     pytest.importorskip("coremltools", reason="the coreml target needs coremltools")
     out = tmp_path / "run.json"
-    res = run_cli("bench", "--model", TINY, "--random-init", "--targets", "onnx:fp32,coreml:fp16,torch",
-                  "--runs", 4, "--warmup", 1, "--eval-images", 16, "--threads", 1, "--json", out)
+    res = run_cli(
+        "bench",
+        "--model",
+        TINY,
+        "--random-init",
+        "--targets",
+        "onnx:fp32,coreml:fp16,torch",
+        "--runs",
+        4,
+        "--warmup",
+        1,
+        "--eval-images",
+        16,
+        "--threads",
+        1,
+        "--json",
+        out,
+    )
     assert res.exit_code == 0, res.output
     result = load_results(out)
     onnx, coreml, torch_row = (result.entry(n) for n in ("onnx:fp32", "coreml:fp16", "torch"))
@@ -164,9 +180,26 @@ def test_bench_runs_with_torch_blocked(tiny_bundle: Path, tmp_path: Path) -> Non
     )
     out = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, "-c", code, "bench", str(tiny_bundle), "--runs", "3", "--warmup", "0", "--eval-images", "8",
-         "--no-isolate", "--json", str(out)],
-        capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        [
+            sys.executable,
+            "-c",
+            code,
+            "bench",
+            str(tiny_bundle),
+            "--runs",
+            "3",
+            "--warmup",
+            "0",
+            "--eval-images",
+            "8",
+            "--no-isolate",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
     )
     assert proc.returncode == 0, proc.stderr
     assert load_results(out).entries[0].status == "ok"
@@ -231,8 +264,18 @@ def test_not_json_and_pytest_benchmark_files_are_named(tmp_path: Path) -> None:
 
 
 def test_report_merges_files_into_markdown_html_and_png(results, tmp_path: Path) -> None:
-    res = run_cli("bench", "report", results[1], results[2], "--markdown", tmp_path / "r.md",
-                  "--html", tmp_path / "r.html", "--plot", tmp_path / "p.png")
+    res = run_cli(
+        "bench",
+        "report",
+        results[1],
+        results[2],
+        "--markdown",
+        tmp_path / "r.md",
+        "--html",
+        tmp_path / "r.html",
+        "--plot",
+        tmp_path / "p.png",
+    )
     assert res.exit_code == 0, res.output
     md = (tmp_path / "r.md").read_text()
     labels = [load_results(results[t]).label for t in (1, 2)]
@@ -297,8 +340,9 @@ def _slower(result: BenchResult, factor: float) -> BenchResult:
     def scaled(s: LatencyStats) -> LatencyStats:
         return replace(s, **{k: getattr(s, k) * factor for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms")})
 
-    entries = tuple(replace(e, latency={k: tuple(map(scaled, v)) for k, v in e.latency.items()})
-                    for e in result.entries)
+    entries = tuple(
+        replace(e, latency={k: tuple(map(scaled, v)) for k, v in e.latency.items()}) for e in result.entries
+    )
     return replace(result, entries=entries)
 
 
@@ -318,8 +362,12 @@ def test_compare_exits_1_beyond_the_threshold_and_0_within(results, tmp_path: Pa
 
 def test_compare_a_row_that_stopped_running_is_a_regression(results, tmp_path: Path) -> None:
     old = load_results(results[1])
-    broken = replace(old, entries=tuple(replace(e, status="failed_checks", reason="gone", latency={}, accuracy=None)
-                                        for e in old.entries))
+    broken = replace(
+        old,
+        entries=tuple(
+            replace(e, status="failed_checks", reason="gone", latency={}, accuracy=None) for e in old.entries
+        ),
+    )
     comparison = compare_results(old, broken)
     assert len(comparison.regressions) == 1 and "gone" in comparison.regressions[0]
     path = save_results(broken, tmp_path / "broken.json")
@@ -333,8 +381,13 @@ def test_compare_notes_runs_with_other_settings(results) -> None:
 
 @pytest.mark.parametrize(
     ("text", "stat", "limit", "relative"),
-    [("median:10%", "p50", 10.0, True), ("p90:2ms", "p90", 2.0, False), ("MEAN:5.5%", "mean", 5.5, True),
-     ("top1:1%", "top1", 1.0, False), ("min:0.5ms", "min", 0.5, False)],
+    [
+        ("median:10%", "p50", 10.0, True),
+        ("p90:2ms", "p90", 2.0, False),
+        ("MEAN:5.5%", "mean", 5.5, True),
+        ("top1:1%", "top1", 1.0, False),
+        ("min:0.5ms", "min", 0.5, False),
+    ],
 )
 def test_thresholds_parse(text: str, stat: str, limit: float, relative: bool) -> None:
     t = parse_threshold(text)
@@ -397,6 +450,7 @@ def test_a_target_this_machine_cannot_build_is_a_row_not_an_error() -> None:
     assert "tensorrt" in {s.name for s in list_targets()}
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("TensorRT is installed here: the target can build")
     except ImportError:
         pass

@@ -68,8 +68,10 @@ def test_diverse_images_cover_more_colours_than_random(shapes_folder: Path) -> N
     again, _ = build_calibration_set(shapes_folder, SPEC, count=8, strategy="diverse", seed=0)
     assert diverse.sources == again.sources
     random_cover = np.mean(
-        [len({colour[s] for s in build_calibration_set(shapes_folder, SPEC, count=8, seed=s)[0].sources})
-         for s in range(4)]
+        [
+            len({colour[s] for s in build_calibration_set(shapes_folder, SPEC, count=8, seed=s)[0].sources})
+            for s in range(4)
+        ]
     )
     assert len({colour[s] for s in diverse.sources}) >= random_cover
 
@@ -182,8 +184,9 @@ def test_cli_calibrate_from_a_bundle(tiny_bundle: Path, shapes_folder: Path, tmp
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "exists" in again.output
     (tmp_path / "none").mkdir()
-    empty = CliRunner().invoke(cli, ["calibrate", str(tmp_path / "none"), "-m", str(tiny_bundle), "-o",
-                                     str(tmp_path / "x.npz")])
+    empty = CliRunner().invoke(
+        cli, ["calibrate", str(tmp_path / "none"), "-m", str(tiny_bundle), "-o", str(tmp_path / "x.npz")]
+    )
     assert empty.exit_code == 2 and "holds no images" in empty.output
 
 

@@ -162,8 +162,25 @@ def compressed_bundle(request, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def pixels_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """Through the CLI: RGB image input, enumerated text batch sizes, iOS18 ops, int8 weights."""
     out = tmp_path_factory.mktemp("coreml") / "pixels.edgeclip"
-    args = ["export", "-m", TINY, "--random-init", "-t", "coreml", "--image-input", "pixels", "--batch-sizes", "4,1",
-            "--deployment-target", "iOS18", "--compress", "int8", "-o", str(out), "-q"]
+    args = [
+        "export",
+        "-m",
+        TINY,
+        "--random-init",
+        "-t",
+        "coreml",
+        "--image-input",
+        "pixels",
+        "--batch-sizes",
+        "4,1",
+        "--deployment-target",
+        "iOS18",
+        "--compress",
+        "int8",
+        "-o",
+        str(out),
+        "-q",
+    ]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out, result.output
@@ -190,7 +207,10 @@ def test_default_export_is_fp16_mlprogram_with_the_recorded_interface(fp16_bundl
     m = bundle.manifest
     assert (m.target, m.precision) == ("coreml", "fp16")
     assert sorted(p.name for p in fp16_bundle.iterdir()) == [
-        "image_encoder.mlpackage", "manifest.json", "text_encoder.mlpackage", "tokenizer.json"
+        "image_encoder.mlpackage",
+        "manifest.json",
+        "text_encoder.mlpackage",
+        "tokenizer.json",
     ]
     info = m.target_info
     assert info["format"] == "mlprogram" and info["minimum_deployment_target"] == "iOS17"
@@ -202,7 +222,10 @@ def test_default_export_is_fp16_mlprogram_with_the_recorded_interface(fp16_bundl
 
     image, text = m.encoders["image"], m.encoders["text"]
     assert (image.inputs[0].name, image.inputs[0].shape, image.inputs[0].dtype) == (
-        "pixels", ("batch", 3, 64, 64), "float32")
+        "pixels",
+        ("batch", 3, 64, 64),
+        "float32",
+    )
     assert (text.inputs[0].name, text.inputs[0].shape, text.inputs[0].dtype) == ("token_ids", ("batch", 77), "int32")
     for role, enc in m.encoders.items():
         assert enc.sha256 == sha256_path(fp16_bundle / enc.file)
@@ -225,7 +248,8 @@ def test_fp16_was_applied_and_fp32_kept(fp16_bundle: Path, fp32_bundle: Path) ->
         for role in ("image", "text"):
             ops = mil_ops(bundle, role)
             float_weights = [
-                dtype_name(op.outputs[0]) for op in ops
+                dtype_name(op.outputs[0])
+                for op in ops
                 if op.op_type == "const" and op.name.startswith("p_") and dtype_name(op.outputs[0]).startswith("fp")
             ]
             assert float_weights and set(float_weights) == {want}, (bundle.name, role, set(float_weights))
@@ -312,8 +336,10 @@ def test_pixels_input_carries_the_normalization(pixels_bundle) -> None:
     assert recorded["channel_scale"] == pytest.approx(channel_scale.tolist(), rel=1e-3)
 
     # Text batch sizes are enumerated; an image input takes one image per prediction.
-    assert m.target_info["batch"] == {"image": {"kind": "fixed", "sizes": [1]},
-                                      "text": {"kind": "enumerated", "sizes": [1, 4]}}
+    assert m.target_info["batch"] == {
+        "image": {"kind": "fixed", "sizes": [1]},
+        "text": {"kind": "enumerated", "sizes": [1, 4]},
+    }
     text = mlmodel(bundle, "text").get_spec().description.input[0].type.multiArrayType
     assert sorted(list(s.shape) for s in text.enumeratedShapes.shapes) == [[1, 77], [4, 77]]
     # iOS18 stores int8 weights as blockwise shift/scale ops; they still decompress to the PyTorch weights.
@@ -335,8 +361,13 @@ def test_pixels_to_images_undoes_preprocessing_exactly(photos) -> None:
 def _plain_encoders(spec) -> Encoders:
     """Encoders with the model's preprocessing, as export hands them to the target (modules unused here)."""
     h, w = spec.image_size
-    return Encoders(torch.nn.Identity(), torch.nn.Identity(), torch.rand(1, 3, h, w),
-                    torch.zeros(1, 10, dtype=torch.int64), preprocess=spec)
+    return Encoders(
+        torch.nn.Identity(),
+        torch.nn.Identity(),
+        torch.rand(1, 3, h, w),
+        torch.zeros(1, 10, dtype=torch.int64),
+        preprocess=spec,
+    )
 
 
 @pytest.mark.parametrize("image_input", ["tensor", "pixels"])
@@ -352,12 +383,16 @@ def test_w8a8_takes_the_calibration_set_the_other_targets_take(photo_files, tmp_
     npz = calib.save(tmp_path / "calib.npz")
     files = tuple(photo_files[0].parent / name for name in calib.sources)
     encoders = _plain_encoders(spec)
-    from_set, from_files = (parse_options({"compress": "w8a8", "calibration": c, "image_input": image_input})
-                            for c in (str(npz), [str(f) for f in files]))
+    from_set, from_files = (
+        parse_options({"compress": "w8a8", "calibration": c, "image_input": image_input})
+        for c in (str(npz), [str(f) for f in files])
+    )
     assert from_set.calibration == (npz,) and from_files.calibration == files
     plan = _image_plan(ct, encoders, from_set)
-    a, b = (_calibration_samples(plan, _calibration(o.calibration, encoders).pixels, encoders)
-            for o in (from_set, from_files))
+    a, b = (
+        _calibration_samples(plan, _calibration(o.calibration, encoders).pixels, encoders)
+        for o in (from_set, from_files)
+    )
     assert len(a) == len(b) == len(photo_files)
     for x, y in zip(a, b, strict=True):
         value = x[plan.input_name]
@@ -395,8 +430,9 @@ def test_w8a8_calibration_arguments_fail_in_one_line_before_the_model_loads(phot
     from edgeclip.export.coreml import validate_options
 
     def check(calibration) -> str:
-        options = ExportOptions(target="coreml", precision="fp16",
-                                target_options={"compress": "w8a8", "calibration": calibration})
+        options = ExportOptions(
+            target="coreml", precision="fp16", target_options={"compress": "w8a8", "calibration": calibration}
+        )
         with pytest.raises(UsageError) as err:
             validate_options(options)
         assert "\n" not in str(err.value)
@@ -465,16 +501,22 @@ def test_w8a8_off_macos_stops_before_converting(tmp_path: Path) -> None:
     calib = write_image_folder(ShapesDataset(split="train", size=64, seed=0), tmp_path / "calib", 4)
     out = tmp_path / "out" / "b.edgeclip"
     with pytest.raises(RuntimeUnavailable, match=r"only on macOS .*use --compress int8 here"):
-        export_bundle(TINY, output=out, target="coreml", random_init=True,
-                      target_options={"compress": "w8a8", "calibration": calib})
+        export_bundle(
+            TINY,
+            output=out,
+            target="coreml",
+            random_init=True,
+            target_options={"compress": "w8a8", "calibration": calib},
+        )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_onnx_refuses_coreml_options_and_cli_exits_2(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="target 'onnx' has no option 'compress'"):
         export_bundle(TINY, output=tmp_path / "b", random_init=True, target_options={"compress": "int8"})
-    result = CliRunner().invoke(cli, ["export", "-m", TINY, "--random-init", "-t", "coreml", "--compress", "int4",
-                                      "-o", str(tmp_path / "c")])
+    result = CliRunner().invoke(
+        cli, ["export", "-m", TINY, "--random-init", "-t", "coreml", "--compress", "int4", "-o", str(tmp_path / "c")]
+    )
     assert result.exit_code == 2 and "expected one of int8, palettize4" in result.output
 
 
@@ -523,8 +565,13 @@ def test_mobileclip2_s0_pixels_int8(tmp_path: Path) -> None:
     from timm.utils.model import reparameterize_model
 
     out = tmp_path / "mc2s0.edgeclip"
-    result = export_bundle("MobileCLIP2-S0", output=out, target="coreml", random_init=True,
-                           target_options={"image_input": "pixels", "compress": "int8"})
+    result = export_bundle(
+        "MobileCLIP2-S0",
+        output=out,
+        target="coreml",
+        random_init=True,
+        target_options={"image_input": "pixels", "compress": "int8"},
+    )
     m = result.manifest
     image_input = m.target_info["image_input"]
     # MobileCLIP: mean 0, std 1 -> ImageType scale 1/255, zero bias, no per-channel layer.
@@ -595,8 +642,13 @@ def test_w8a8_calibrates_on_images_and_passes_its_parity_floor(tmp_path: Path, s
     calib = write_image_folder(ShapesDataset(split="train", size=64, seed=0), tmp_path / "calib", 16)
     if source == "npz":
         calib = build_calibration_set(calib, preprocess_spec_for(TINY, None)[0], count=16)[0].save(tmp_path / "c.npz")
-    result = export_bundle(TINY, output=tmp_path / "w8a8.edgeclip", target="coreml", random_init=True,
-                           target_options={"compress": "w8a8", "calibration": calib})
+    result = export_bundle(
+        TINY,
+        output=tmp_path / "w8a8.edgeclip",
+        target="coreml",
+        random_init=True,
+        target_options={"compress": "w8a8", "calibration": calib},
+    )
     assert result.manifest.target_info["compression"]["name"] == "w8a8"
     assert result.manifest.calibration["images"] == 16 and result.manifest.calibration["encoders"] == ["image"]
     assert result.manifest.calibration["set"]["images"] == 16  # a folder is drawn into a set as onnx draws it

@@ -97,8 +97,15 @@ def face(photos) -> Image.Image:
 
 
 def test_every_species_renders_a_changed_image_of_the_same_size(face: Image.Image) -> None:
-    assert set(list_attacks()) >= {"print", "screen_replay", "video_replay", "cutout", "paper_mask",
-                                   "tampered_id", "low_light"}
+    assert set(list_attacks()) >= {
+        "print",
+        "screen_replay",
+        "video_replay",
+        "cutout",
+        "paper_mask",
+        "tampered_id",
+        "low_light",
+    }
     original = np.asarray(face).astype(np.float64)
     x, y, w, h = ASTRONAUT_FACE
     for species in list_attacks():

@@ -130,7 +130,10 @@ def test_distill_loss_mixes_clip_and_kd_summed_over_real_and_synthetic_captions(
         total, _ = distill_loss(img, texts, scale, t_img, t_txt, (6,), (50.0,), lam)
         assert torch.allclose(total, (1 - lam) * clip_sum + lam * kd_sum, atol=1e-5)
     assert set(distill_loss(img, texts, scale, t_img, t_txt, (6,), (50.0,), 0.5)[1]) == {
-        "clip_gt", "clip_syn", "kd_gt", "kd_syn"
+        "clip_gt",
+        "clip_syn",
+        "kd_gt",
+        "kd_syn",
     }
     # Student similarities equal to the teacher's (same scale) minimise KD: any other student scores worse.
     same, _ = distill_loss(t_img, [t_txt[0]], torch.tensor(50.0), t_img, [t_txt[0]], (6,), (50.0,), 1.0)

@@ -96,8 +96,14 @@ def test_img2dataset_shards_read_with_a_corrupt_shard_counted(tmp_path: Path) ->
             for i in range(3):
                 buf = io.BytesIO()
                 Image.new("RGB", (10, 12), (n * 100, i * 50, 0)).save(buf, "JPEG")
-                sink.write({"__key__": f"{n}{i:04d}", "jpg": buf.getvalue(), "txt": f"img {n} {i}",
-                            "json": {"url": f"http://x/{n}/{i}.jpg", "uid": f"u{n}{i}"}})
+                sink.write(
+                    {
+                        "__key__": f"{n}{i:04d}",
+                        "jpg": buf.getvalue(),
+                        "txt": f"img {n} {i}",
+                        "json": {"url": f"http://x/{n}/{i}.jpg", "uid": f"u{n}{i}"},
+                    }
+                )
     (tmp_path / "00002.tar").write_bytes(b"this is not a tar file" * 40)
     source = open_source(str(tmp_path / "{00000..00002}.tar"))
     assert len(source) == 6 and list(source.corrupt) == [str(tmp_path / "00002.tar")]

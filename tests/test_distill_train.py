@@ -113,12 +113,37 @@ def test_resume_refuses_another_student_or_teacher_set(material, tmp_path: Path)
 def test_two_processes_under_torchrun_match_one_process_with_the_global_batch(material, tmp_path: Path) -> None:
     single = train(_config(material["shards"], tmp_path / "one", steps=2, batch_size=8, checkpoint_every=0))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "edgeclip",
-           "distill", "--data", str(material["shards"]), "--model", STUDENT, "--steps", "2", "--batch-size", "4",
-           "--warmup", "2", "--lr", "2e-3", "--log-samples", "--quiet", "--json", "--output", str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "edgeclip",
+        "distill",
+        "--data",
+        str(material["shards"]),
+        "--model",
+        STUDENT,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "2",
+        "--lr",
+        "2e-3",
+        "--log-samples",
+        "--quiet",
+        "--json",
+        "--output",
+        str(tmp_path / "two"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout[done.stdout.index("{"):])
+    report = json.loads(done.stdout[done.stdout.index("{") :])
     assert report["world_size"] == 2 and report["steps"] == 2
     one, two = _step_uids(tmp_path / "one"), _step_uids(tmp_path / "two")
     assert {s: sorted(u) for s, u in one.items()} == {s: sorted(u) for s, u in two.items()}
@@ -236,7 +261,7 @@ def test_quickstart_fast_runs_the_whole_story_and_the_bundle_agrees(tmp_path: Pa
     args = ["quickstart", "--fast", "--threads", "1", "--output", str(tmp_path / "qs"), "--json"]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output[-2000:]
-    summary = json.loads(out.output[out.output.index("{\n"):])
+    summary = json.loads(out.output[out.output.index("{\n") :])
     rows = {r["name"]: r for r in summary["rows"]}
     assert set(rows) == {"teacher", "student", "student bundle"}
     assert rows["teacher"]["params_m"] > rows["student"]["params_m"] > 0

@@ -104,8 +104,16 @@ def test_class_order_cannot_invert_the_score(tiny_bundle: Path, lfw_faces) -> No
     bundle = load_bundle(tiny_bundle)
     head = build_liveness_head(bundle)
     order = np.random.default_rng(0).permutation(len(head.labels))
-    shuffled = Head(head.name, head.kind, tuple(head.labels[i] for i in order), (), head.model_id,
-                    head.embeddings[order], positives=head.positives, prompts=tuple(head.prompts[i] for i in order))
+    shuffled = Head(
+        head.name,
+        head.kind,
+        tuple(head.labels[i] for i in order),
+        (),
+        head.model_id,
+        head.embeddings[order],
+        positives=head.positives,
+        prompts=tuple(head.prompts[i] for i in order),
+    )
     a = LivenessDetector(bundle, head, detector="none").score_many(lfw_faces)
     b = LivenessDetector(bundle, shuffled, detector="none").score_many(lfw_faces)
     np.testing.assert_allclose([r.live_probability for r in a], [r.live_probability for r in b], atol=1e-6)
@@ -120,10 +128,18 @@ def test_stored_head_is_used_and_bound_to_its_model(tiny_bundle_copy: Path, lfw_
     assert stored.kind == "liveness" and stored.positives == (BONA_FIDE,) and len(stored.prompts) == 9
     det = LivenessDetector(load_bundle(tiny_bundle_copy), detector="none")
     assert det.head.name == "liveness"
-    np.testing.assert_allclose([r.live_probability for r in det.score_many(lfw_faces[:3])],
-                               [r.live_probability for r in built], atol=1e-6)
-    alien = Head("x", "liveness", ("bona_fide", "print"), (), "Other@00", np.eye(2, bundle.embed_dim, dtype=np.float32),
-                 positives=("bona_fide",))
+    np.testing.assert_allclose(
+        [r.live_probability for r in det.score_many(lfw_faces[:3])], [r.live_probability for r in built], atol=1e-6
+    )
+    alien = Head(
+        "x",
+        "liveness",
+        ("bona_fide", "print"),
+        (),
+        "Other@00",
+        np.eye(2, bundle.embed_dim, dtype=np.float32),
+        positives=("bona_fide",),
+    )
     with pytest.raises(UsageError, match="belongs to Other@00"):
         LivenessDetector(bundle, alien)
 
@@ -214,8 +230,20 @@ def test_liveness_cli(tiny_bundle: Path, astronaut, photos, tmp_path: Path) -> N
     assert missing.exit_code == 1 and "nope.jpg: no such file" in missing.output
 
 
-@pytest.mark.parametrize("command", [["liveness"], ["quality"], ["eval"], ["eval", "liveness"], ["eval", "quality"],
-                                     ["adapt"], ["train-quality"], ["heads", "add-liveness"], ["heads", "add-quality"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["liveness"],
+        ["quality"],
+        ["eval"],
+        ["eval", "liveness"],
+        ["eval", "quality"],
+        ["adapt"],
+        ["train-quality"],
+        ["heads", "add-liveness"],
+        ["heads", "add-quality"],
+    ],
+)
 def test_task_commands_have_help_with_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0 and "Example" in result.output and "edgeclip " in result.output
@@ -237,8 +265,9 @@ print("OK", heavy)
 
 
 def test_wrappers_run_with_torch_blocked(tiny_bundle: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", NO_TORCH, str(tiny_bundle)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(tiny_bundle)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "OK []"
 
@@ -255,8 +284,7 @@ def test_a_corrupt_stored_head_is_a_bundle_error(tiny_bundle_copy: Path) -> None
         bundle.load_head("liveness")
 
 
-def test_without_opencv_the_cli_says_what_to_install(tiny_bundle: Path, astronaut, tmp_path: Path,
-                                                     monkeypatch) -> None:
+def test_without_opencv_the_cli_says_what_to_install(tiny_bundle: Path, astronaut, tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "a.jpg"
     astronaut.save(path)
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv-python-headless were not installed

@@ -23,12 +23,18 @@ def make_manifest(**changes) -> BundleManifest:
     parity = ParityReport("pytorch", 8, 0.99999, 0.999995, 1e-6)
     enc = {
         "image": EncoderSpec(
-            "image_encoder.onnx", "ab" * 32, (TensorSpec("pixels", ("batch", 3, 64, 64), "float32"),),
-            (TensorSpec("embeddings", ("batch", 64), "float32"),), parity,
+            "image_encoder.onnx",
+            "ab" * 32,
+            (TensorSpec("pixels", ("batch", 3, 64, 64), "float32"),),
+            (TensorSpec("embeddings", ("batch", 64), "float32"),),
+            parity,
         ),
         "text": EncoderSpec(
-            "text_encoder.onnx", "cd" * 32, (TensorSpec("token_ids", ("batch", 77), "int64"),),
-            (TensorSpec("embeddings", ("batch", 64), "float32"),), None,
+            "text_encoder.onnx",
+            "cd" * 32,
+            (TensorSpec("token_ids", ("batch", 77), "int64"),),
+            (TensorSpec("embeddings", ("batch", 64), "float32"),),
+            None,
         ),
     }
     fields = dict(

@@ -121,8 +121,12 @@ def test_plcc_with_the_logistic_fit() -> None:
 
 
 @pytest.mark.parametrize(
-    ("x", "y", "message"), [([1, 2, 3], [1, 2], "3 predictions but 2"), ([1, 2], [1, 2], "at least 3"),
-                            ([1, 2, math.inf], [1, 2, 3], "finite")],
+    ("x", "y", "message"),
+    [
+        ([1, 2, 3], [1, 2], "3 predictions but 2"),
+        ([1, 2], [1, 2], "at least 3"),
+        ([1, 2, math.inf], [1, 2, 3], "finite"),
+    ],
 )
 def test_correlation_input_errors(x, y, message: str) -> None:
     with pytest.raises(UsageError, match=message):

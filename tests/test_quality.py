@@ -45,11 +45,22 @@ def test_pole_order_is_stored_not_assumed(tiny_bundle: Path, photos) -> None:
     bundle = load_bundle(tiny_bundle)
     head = build_quality_head(bundle)
     swap = np.arange(len(head.labels)).reshape(-1, 2)[:, ::-1].ravel()  # every pair stored bad first
-    swapped = Head(head.name, head.kind, tuple(head.labels[i] for i in swap), (), head.model_id, head.embeddings[swap],
-                   groups=tuple(head.groups[i] for i in swap), positives=head.positives)
+    swapped = Head(
+        head.name,
+        head.kind,
+        tuple(head.labels[i] for i in swap),
+        (),
+        head.model_id,
+        head.embeddings[swap],
+        groups=tuple(head.groups[i] for i in swap),
+        positives=head.positives,
+    )
     images = list(photos.values())
-    np.testing.assert_allclose(QualityScorer(bundle, swapped).attribute_scores(images),
-                               QualityScorer(bundle, head).attribute_scores(images), atol=1e-6)
+    np.testing.assert_allclose(
+        QualityScorer(bundle, swapped).attribute_scores(images),
+        QualityScorer(bundle, head).attribute_scores(images),
+        atol=1e-6,
+    )
 
 
 def test_stored_quality_head(tiny_bundle_copy: Path, photos) -> None:
@@ -107,8 +118,11 @@ def test_unreadable_images_in_the_csv(tiny_bundle: Path, photos, tmp_path: Path)
 def test_quality_cli(tiny_bundle: Path, photo_files: list[Path], tmp_path: Path) -> None:
     bad = tmp_path / "notes.txt.jpg"
     bad.write_text("hello")
-    result = CliRunner().invoke(cli, ["quality", str(tiny_bundle), *map(str, photo_files), str(bad), "--skip-bad",
-                                      "--json"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["quality", str(tiny_bundle), *map(str, photo_files), str(bad), "--skip-bad", "--json"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert [("error" in r) for r in rows] == [False, False, False, True]
@@ -135,13 +149,24 @@ def test_trainer_ranks_levels_better_and_its_checkpoint_exports(tmp_path: Path, 
     from edgeclip.metrics.quality import srcc
     from edgeclip.train import QualityTrainConfig, train_quality
 
-    config = QualityTrainConfig(TINY, random_init=True, shapes=24, steps=60, batch_size=6, lr=2e-3, warmup=2,
-                                families=("brightness", "contrast"), seed=1)
+    config = QualityTrainConfig(
+        TINY,
+        random_init=True,
+        shapes=24,
+        steps=60,
+        batch_size=6,
+        lr=2e-3,
+        warmup=2,
+        families=("brightness", "contrast"),
+        seed=1,
+    )
     with torch.random.fork_rng():
         result = train_quality(config, tmp_path / "q.safetensors", log_every=1)
     losses = [r["loss"] for r in result.history]
-    print(f"\nloss {np.mean(losses[:5]):.4f} -> {np.mean(losses[-5:]):.4f}, "
-          f"probe pair accuracy {result.probe_before:.2f} -> {result.probe_after:.2f}")
+    print(
+        f"\nloss {np.mean(losses[:5]):.4f} -> {np.mean(losses[-5:]):.4f}, "
+        f"probe pair accuracy {result.probe_before:.2f} -> {result.probe_after:.2f}"
+    )
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     assert result.probe_after > max(0.85, result.probe_before)
 

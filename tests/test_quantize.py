@@ -138,8 +138,9 @@ def test_calibration_for_other_preprocessing_is_refused(calib_folder: Path, tmp_
     calib, _ = build_calibration_set(calib_folder, other, count=64)
     path = calib.save(tmp_path / "other.npz")
     with pytest.raises(UsageError, match=r"made for preprocessing 32x32 .* expects 64x64"):
-        export_bundle(TINY, output=tmp_path / "x", random_init=True, precision="int8",
-                      target_options={"calibration": [path]})
+        export_bundle(
+            TINY, output=tmp_path / "x", random_init=True, precision="int8", target_options={"calibration": [path]}
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -159,16 +160,24 @@ def test_auto_exclude_keeps_the_worst_nodes_in_float(tiny_bundle: Path, calib_np
     assert plain["text_int8"] == "static" and {"QuantizeLinear", "DequantizeLinear"} <= _ops(out[1])
     drop = 1 - plain["gate"]["text"]["mean_cosine"]
     assert drop > 0
-    record, out = _lower(tiny_bundle, tmp_path / "auto", "int8", calib_npz, auto_exclude=True,
-                         max_cosine_drop=drop / 2, text_int8="static")
+    record, out = _lower(
+        tiny_bundle,
+        tmp_path / "auto",
+        "int8",
+        calib_npz,
+        auto_exclude=True,
+        max_cosine_drop=drop / 2,
+        text_int8="static",
+    )
     assert record["gate"]["passed"] and record["excluded_nodes"]["text"]
     assert 1 - record["gate"]["text"]["mean_cosine"] <= drop / 2
     still = {n.name for n in onnx.load(str(out[1])).graph.node if n.op_type == "DequantizeLinear"}
     assert still  # some nodes are still int8
 
 
-def test_recipe_quantizes_linear_layers_not_attention_products(tiny_bundle: Path, calib_npz: Path,
-                                                                tmp_path: Path) -> None:
+def test_recipe_quantizes_linear_layers_not_attention_products(
+    tiny_bundle: Path, calib_npz: Path, tmp_path: Path
+) -> None:
     from edgeclip.calibration import feeds, load_calibration_set
 
     image = tiny_bundle / "image_encoder.onnx"
@@ -208,7 +217,9 @@ def test_image_recipe_takes_conv_residual_adds_not_biases(tmp_path: Path) -> Non
         helper.make_node("Add", ["biased", "y"], ["out"], name="merge"),
     ]
     graph = helper.make_graph(
-        nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        nodes,
+        "block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
@@ -224,8 +235,10 @@ def test_fuse_gelu_is_exact(tiny_bundle: Path, tmp_path: Path) -> None:
     assert erf_before and fused == erf_before and not any(n.op_type == "Erf" for n in model.graph.node)
     onnx.save(model, str(tmp_path / "fused.onnx"))
     tokens = np.random.default_rng(0).integers(1, 1000, size=(3, 77)).astype(np.int64)
-    run = {p: onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"token_ids": tokens})
-           for p in (tiny_bundle / "text_encoder.onnx", tmp_path / "fused.onnx")}
+    run = {
+        p: onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"token_ids": tokens})
+        for p in (tiny_bundle / "text_encoder.onnx", tmp_path / "fused.onnx")
+    }
     a, b = run.values()
     assert np.allclose(a[0], b[0], atol=1e-5)
 
@@ -235,8 +248,10 @@ def test_fuse_gelu_tanh_form_is_close_and_bad_form_is_refused(tiny_bundle: Path,
     assert fuse_gelu(model, "tanh") and "FastGelu" in {n.op_type for n in model.graph.node}
     onnx.save(model, str(tmp_path / "tanh.onnx"))
     tokens = np.random.default_rng(1).integers(1, 1000, size=(3, 77)).astype(np.int64)
-    a, b = (onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"token_ids": tokens})[0]
-            for p in (tiny_bundle / "text_encoder.onnx", tmp_path / "tanh.onnx"))
+    a, b = (
+        onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"token_ids": tokens})[0]
+        for p in (tiny_bundle / "text_encoder.onnx", tmp_path / "tanh.onnx")
+    )
     assert not np.array_equal(a, b) and float((a * b).sum(1).min()) > 0.9999  # L2-normalized outputs
     with pytest.raises(ValueError, match="GELU form 'cubic' is unknown"):
         fuse_gelu(onnx.load(str(tiny_bundle / "text_encoder.onnx")), "cubic")
@@ -301,10 +316,14 @@ def _two_convs(path: Path) -> Path:
     """x -> 1x1 conv (identity) -> h -> 1x1 conv -> y. TensorRT's recipe keeps the first node float; both quantize h."""
     from onnx import TensorProto, helper, numpy_helper
 
-    w = [numpy_helper.from_array(np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1), "w1"),
-         numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8, 1, 1)).astype(np.float32), "w2")]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1"),
-             helper.make_node("Conv", ["h", "w2"], ["y"], name="conv2")]
+    w = [
+        numpy_helper.from_array(np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1), "w1"),
+        numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1"),
+        helper.make_node("Conv", ["h", "w2"], ["y"], name="conv2"),
+    ]
     graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], w)  # fmt: skip
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
@@ -337,13 +356,16 @@ def test_fp16_names_clamped_large_weights_in_one_warning_and_drops_the_tiny_ones
         convert_fp16(src, tmp_path / "fp16.onnx")
     messages = [str(w.message) for w in caught]
     if huge:
-        assert messages == ["fp16: 1 weight tensors of convs.onnx hold values beyond +-1e4 and were clamped; the "
-                            "accuracy gate measures what that costs"]
+        assert messages == [
+            "fp16: 1 weight tensors of convs.onnx hold values beyond +-1e4 and were clamped; the "
+            "accuracy gate measures what that costs"
+        ]
     else:
         assert messages == []
     x = np.random.default_rng(0).normal(size=(1, 8, 16, 16)).astype(np.float32)
     y = onnxruntime.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[0]
+        None, {"x": x}
+    )[0]
     assert y.dtype == np.float32 and y.shape == x.shape
 
 

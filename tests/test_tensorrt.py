@@ -43,8 +43,14 @@ def calib_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ready_bundle(calib_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model's TensorRT-ready int8 graphs (--onnx-only), written as a bundle."""
     out = tmp_path_factory.mktemp("trt") / "ready.edgeclip"
-    export_bundle(TINY, output=out, target="tensorrt", precision="int8", random_init=True,
-                  target_options={"calibration": calib_folder, "onnx_only": True, "max_batch": 16})
+    export_bundle(
+        TINY,
+        output=out,
+        target="tensorrt",
+        precision="int8",
+        random_init=True,
+        target_options={"calibration": calib_folder, "onnx_only": True, "max_batch": 16},
+    )
     return out
 
 
@@ -87,11 +93,15 @@ def test_ready_bundle_holds_tensorrt_qdq_graphs_that_match_fp32(ready_bundle: Pa
         stage = m.target_info["onnx_stage"][role]
         assert stage["vs_fp32_onnxruntime"]["min_cosine"] >= 0.99 and stage["domains"] == ["ai.onnx"]
     pixels = preprocess(list(photos.values()), m.preprocess)
-    image = cosine_rows(run_onnx_cpu(tiny_bundle / fp32.manifest.encoders["image"].file, {"pixels": pixels}),
-                        run_onnx_cpu(ready_bundle / m.encoders["image"].file, {"pixels": pixels}))
+    image = cosine_rows(
+        run_onnx_cpu(tiny_bundle / fp32.manifest.encoders["image"].file, {"pixels": pixels}),
+        run_onnx_cpu(ready_bundle / m.encoders["image"].file, {"pixels": pixels}),
+    )
     tokens = fp32.tokenizer.encode(["a photo of a cat", "a red circle", "an astronaut"])
-    text = cosine_rows(run_onnx_cpu(tiny_bundle / fp32.manifest.encoders["text"].file, {"token_ids": tokens}),
-                       run_onnx_cpu(ready_bundle / m.encoders["text"].file, {"token_ids": tokens}))
+    text = cosine_rows(
+        run_onnx_cpu(tiny_bundle / fp32.manifest.encoders["text"].file, {"token_ids": tokens}),
+        run_onnx_cpu(ready_bundle / m.encoders["text"].file, {"token_ids": tokens}),
+    )
     print(f"\ntiny Q/DQ vs fp32 in ONNX Runtime: image min cosine {image.min():.5f}, text {text.min():.5f}")
     assert image.min() >= 0.99 and text.min() >= 0.99
     assert m.calibration["recipe"].startswith("tensorrt") and m.calibration["set"]["images"] == 64
@@ -103,8 +113,9 @@ def test_ready_bundle_holds_tensorrt_qdq_graphs_that_match_fp32(ready_bundle: Pa
 
 def test_fp16_ready_graphs_are_float16_with_float32_io(tmp_path: Path, tiny_bundle: Path, photos) -> None:
     out = tmp_path / "fp16.edgeclip"
-    m = export_bundle(TINY, output=out, target="tensorrt", precision="fp16", random_init=True,
-                      target_options={"onnx_only": True}).manifest
+    m = export_bundle(
+        TINY, output=out, target="tensorrt", precision="fp16", random_init=True, target_options={"onnx_only": True}
+    ).manifest
     model = onnx.load(str(out / m.encoders["image"].file))
     kinds = {t.data_type for t in model.graph.initializer if len(t.dims) >= 2}
     assert kinds == {TensorProto.FLOAT16}, kinds  # the graph carries the precision: TensorRT builds it strongly typed
@@ -112,8 +123,10 @@ def test_fp16_ready_graphs_are_float16_with_float32_io(tmp_path: Path, tiny_bund
     assert not any(n.op_type == "QuantizeLinear" for n in model.graph.node) and m.calibration is None
     pixels = preprocess(list(photos.values()), m.preprocess)
     fp32 = load_bundle(tiny_bundle).manifest.encoders["image"].file
-    cos = cosine_rows(run_onnx_cpu(tiny_bundle / fp32, {"pixels": pixels}),
-                      run_onnx_cpu(out / m.encoders["image"].file, {"pixels": pixels}))
+    cos = cosine_rows(
+        run_onnx_cpu(tiny_bundle / fp32, {"pixels": pixels}),
+        run_onnx_cpu(out / m.encoders["image"].file, {"pixels": pixels}),
+    )
     assert cos.min() >= 0.999 and m.target_info["onnx_stage"]["text"]["vs_fp32_onnxruntime"]["min_cosine"] >= 0.999
 
 
@@ -137,12 +150,21 @@ def test_check_refuses_onnxruntime_int8_graphs(tiny_bundle: Path, tmp_path: Path
     # Asymmetric uint8 activations (the ORT recipe's), in a graph of standard ops.
     from onnx import helper
 
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q0"),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq0")]
-    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
-             numpy_helper.from_array(np.array(128, np.uint8), "z")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q0"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq0"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "z"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        inits,
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "u8.onnx"))
     with pytest.raises(ExportError, match=r"QuantizeLinear q0 has zero point UINT8 \[128\]: TensorRT needs int8 0"):
         check_tensorrt_qdq(tmp_path / "u8.onnx")
@@ -168,8 +190,9 @@ def test_mobileclip2_s0_image_encoder_qdq(tmp_path: Path, photos) -> None:
     calib = preprocess([Image.fromarray(shapes[i].image) for i in range(16)], spec)
     held = preprocess(list(photos.values()), spec)
     fp32, q = tmp_path / "fp32.onnx", tmp_path / "qdq.onnx"
-    export_onnx_graph(ImageEncoder(deploy).eval(), torch.from_numpy(held[:2]), fp32, input_name="pixels",
-                      output_name="embeddings")
+    export_onnx_graph(
+        ImageEncoder(deploy).eval(), torch.from_numpy(held[:2]), fp32, input_name="pixels", output_name="embeddings"
+    )
     nodes = quantize_for_tensorrt(fp32, q, [{"pixels": calib[i : i + 1]} for i in range(len(calib))])
     weights = assert_tensorrt_qdq(q)
     assert weights == len(nodes) >= 50  # every Conv and linear layer of the tower got per-channel int8 weights
@@ -224,13 +247,39 @@ def test_target_stops_before_loading_the_model_without_a_gpu(tmp_path: Path) -> 
 def test_cli_refuses_in_one_line(tmp_path: Path) -> None:
     from edgeclip.cli import cli
 
-    result = CliRunner().invoke(cli, ["export", "-m", TINY, "--random-init", "-t", "tensorrt", "--max-batch", "8",
-                                      "-o", str(tmp_path / "x.edgeclip")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            "-m",
+            TINY,
+            "--random-init",
+            "-t",
+            "tensorrt",
+            "--max-batch",
+            "8",
+            "-o",
+            str(tmp_path / "x.edgeclip"),
+        ],
+    )
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--onnx-only" in lines[0], result.output
-    bad = CliRunner().invoke(cli, ["export", "-m", TINY, "--random-init", "-t", "tensorrt", "--max-batch", "0",
-                                   "-o", str(tmp_path / "y.edgeclip")])
+    bad = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            "-m",
+            TINY,
+            "--random-init",
+            "-t",
+            "tensorrt",
+            "--max-batch",
+            "0",
+            "-o",
+            str(tmp_path / "y.edgeclip"),
+        ],
+    )
     assert bad.exit_code == 2 and "--max-batch" in bad.output
 
 
@@ -248,7 +297,8 @@ def test_manifest_round_trips_the_tensorrt_record(tiny_bundle: Path) -> None:
     assert record.mismatch("10.13.0.35", "NVIDIA Jetson AGX Orin", "8.7") is None
     assert "built with TensorRT 10.13.0.35, and this is TensorRT 10.3.0" in record.mismatch("10.3.0", "x", "8.7")
     assert "compute capability 8.7), and this GPU is NVIDIA H200 (compute capability 9.0)" in record.mismatch(
-        "10.13.0.35", "NVIDIA H200", "9.0")
+        "10.13.0.35", "NVIDIA H200", "9.0"
+    )
     with pytest.raises(BundleError, match=r"batch_profile is \[1, 32\]"):
         TensorRTRecord.from_dict({**record.to_dict(), "batch_profile": [1, 32]})
     with pytest.raises(BundleError, match="lacks the field 'gpu_name'"):
@@ -260,15 +310,21 @@ def test_backend_is_registered_and_unavailable_here(tmp_path: Path) -> None:
     assert backend_for_target("tensorrt").name == "tensorrt"
     engine = tmp_path / "image_encoder.engine"
     engine.write_bytes(b"not an engine")
-    spec = EncoderSpec(engine.name, "", (TensorSpec("pixels", ("batch", 3, 8, 8), "float32"),),
-                       (TensorSpec("embeddings", ("batch", 4), "float32"),))
+    spec = EncoderSpec(
+        engine.name,
+        "",
+        (TensorSpec("pixels", ("batch", 3, 8, 8), "float32"),),
+        (TensorSpec("embeddings", ("batch", 4), "float32"),),
+    )
     with pytest.raises(RuntimeUnavailable, match="image_encoder.engine needs an NVIDIA GPU with TensorRT: "):
         TensorRTBackend(engine, spec, RuntimeOptions())
 
 
 def test_backend_module_is_torch_free() -> None:
-    code = ("import sys\nfor m in ('torch', 'open_clip', 'timm'): sys.modules[m] = None\n"
-            "import edgeclip.runtimes.backends.tensorrt as t\nprint(t.tensorrt_unavailable())")
+    code = (
+        "import sys\nfor m in ('torch', 'open_clip', 'timm'): sys.modules[m] = None\n"
+        "import edgeclip.runtimes.backends.tensorrt as t\nprint(t.tensorrt_unavailable())"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
 
@@ -278,14 +334,16 @@ def test_backend_module_is_torch_free() -> None:
 
 @needs_gpu
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_engines_build_run_and_refuse_another_device(precision: str, calib_folder: Path, tmp_path: Path,
-                                                      photos) -> None:
+def test_engines_build_run_and_refuse_another_device(
+    precision: str, calib_folder: Path, tmp_path: Path, photos
+) -> None:
     options = {"max_batch": 8, "workspace": 1024, "timing_cache": tmp_path / "cache.timing"}
     if precision == "int8":
         options["calibration"] = calib_folder
     out = tmp_path / f"{precision}.edgeclip"
-    result = export_bundle(TINY, output=out, target="tensorrt", precision=precision, random_init=True,
-                           target_options=options)
+    result = export_bundle(
+        TINY, output=out, target="tensorrt", precision=precision, random_init=True, target_options=options
+    )
     m = result.manifest
     record = TensorRTRecord.from_dict(m.target_info["tensorrt"])
     assert record.batch_profile == (1, 4, 8) and record.gpu_name and record.compute_capability

@@ -45,12 +45,15 @@ def read_labelled_folder(folder: str | Path, name: str | None = None) -> Labelle
     """The images under each class subfolder of `folder` (sorted), refusing a folder with no classes or images."""
     root = Path(folder)
     if not root.is_dir():
-        raise UsageError(f"dataset {root}: {'is not a folder' if root.exists() else 'does not exist'}; "
-                         "expected a folder with one subfolder of images per class")
+        raise UsageError(
+            f"dataset {root}: {'is not a folder' if root.exists() else 'does not exist'}; "
+            "expected a folder with one subfolder of images per class"
+        )
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
     if len(classes) < 2:
-        raise UsageError(f"dataset {root} has {len(classes)} class subfolders: expected at least 2 "
-                         "(<root>/<class>/<image>)")
+        raise UsageError(
+            f"dataset {root} has {len(classes)} class subfolders: expected at least 2 (<root>/<class>/<image>)"
+        )
     paths, labels = [], []
     for index, cls in enumerate(classes):
         found = list_images(root / cls)

@@ -109,8 +109,10 @@ def compare_results(old: BenchResult, new: BenchResult, fail_on: Sequence[Thresh
         if other is None:
             continue
         if entry.status == "ok" and other.status != "ok":
-            regressions.append(f"{entry.name}: {STATUS_MARKS['ok']} ran before, now {STATUS_MARKS[other.status]} "
-                               f"{other.reason or other.status}")
+            regressions.append(
+                f"{entry.name}: {STATUS_MARKS['ok']} ran before, now {STATUS_MARKS[other.status]} "
+                f"{other.reason or other.status}"
+            )
         for stage, series in entry.latency.items():
             for before in series:
                 after = other.stats(stage, before.batch)
@@ -122,8 +124,10 @@ def compare_results(old: BenchResult, new: BenchResult, fail_on: Sequence[Thresh
                     changes.append(Change(entry.name, stage, before.batch, stat, a, b, hit))
                     if hit:
                         pct = (b - a) / a * 100 if a else float("inf")
-                        regressions.append(f"{entry.name} {stage} batch {before.batch}: {stat} {a:.2f} -> {b:.2f} ms "
-                                           f"({pct:+.1f}%) beyond {hit}")
+                        regressions.append(
+                            f"{entry.name} {stage} batch {before.batch}: {stat} {a:.2f} -> {b:.2f} ms "
+                            f"({pct:+.1f}%) beyond {hit}"
+                        )
         if entry.accuracy and other.accuracy:
             a, b = entry.accuracy.top1, other.accuracy.top1
             hit = next((t.text for t in fail_on if t.stat == "top1" and t.exceeded(a, b)), None)
@@ -132,12 +136,18 @@ def compare_results(old: BenchResult, new: BenchResult, fail_on: Sequence[Thresh
                 regressions.append(f"{entry.name}: top-1 {a * 100:.1f}% -> {b * 100:.1f}% beyond {hit}")
     old_names, new_names = {e.name for e in old.entries}, {e.name for e in new.entries}
     notes = []
-    for what, a, b in (("CPU", old.device.cpu_model, new.device.cpu_model), ("device", old.device.name,
-                       new.device.name), ("threads", old.settings.get("threads"), new.settings.get("threads"))):
+    for what, a, b in (
+        ("CPU", old.device.cpu_model, new.device.cpu_model),
+        ("device", old.device.name, new.device.name),
+        ("threads", old.settings.get("threads"), new.settings.get("threads")),
+    ):
         if a != b:
             notes.append(f"the runs differ in {what}: {a} vs {b}; changes mix that difference with the code's")
     return Comparison(
-        old.label, new.label, tuple(changes), tuple(regressions),
+        old.label,
+        new.label,
+        tuple(changes),
+        tuple(regressions),
         tuple(e.name for e in old.entries if e.name not in new_names),
         tuple(e.name for e in new.entries if e.name not in old_names),
         tuple(notes),
@@ -153,11 +163,24 @@ def format_comparison(comparison: Comparison, markdown: bool = False) -> str:
         old = f"{c.old * 100:.1f}%" if top1 else f"{c.old:.2f} ms"
         new = f"{c.new * 100:.1f}%" if top1 else f"{c.new:.2f} ms"
         change = f"{(c.new - c.old) * 100:+.1f} pt" if top1 else fmt(c.percent, "+.1f") + "%"
-        rows.append([c.entry, c.stage, "-" if c.batch is None else str(c.batch), c.stat, old, new, change,
-                     "REGRESSION" if c.regression else ""])
+        rows.append(
+            [
+                c.entry,
+                c.stage,
+                "-" if c.batch is None else str(c.batch),
+                c.stat,
+                old,
+                new,
+                change,
+                "REGRESSION" if c.regression else "",
+            ]
+        )
     lines = [f"old: {comparison.old_label}", f"new: {comparison.new_label}", ""]
-    lines.append(render(header, rows, [False, False, True, False, True, True, True, False], markdown)
-                 if rows else "no figures in common")
+    lines.append(
+        render(header, rows, [False, False, True, False, True, True, True, False], markdown)
+        if rows
+        else "no figures in common"
+    )
     for name in comparison.only_old:
         lines.append(f"only in old: {name}")
     for name in comparison.only_new:

@@ -51,8 +51,10 @@ class EagerEncoder:
         import torch
 
         items = list(images) if isinstance(images, (list, tuple)) else [images]
-        out = [self.run_image(torch.from_numpy(preprocess(items[s : s + batch_size], self.spec)))
-               for s in range(0, len(items), batch_size)]
+        out = [
+            self.run_image(torch.from_numpy(preprocess(items[s : s + batch_size], self.spec)))
+            for s in range(0, len(items), batch_size)
+        ]
         return np.concatenate(out)
 
     def encode_text(self, texts: Sequence[str] | str, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:

@@ -100,10 +100,12 @@ def matrix(report: Report, stage: str = "image") -> tuple[list[str], list[list[s
     latency_rows, accuracy_rows = [], []
     for key in report.models():
         entries = [_find(run, key) for run in report.runs]
-        latency_rows.append([key] + [_cell(e, f"{_latency(e, stage):.2f}" if _latency(e, stage) else "-")
-                                     for e in entries])
-        accuracy_rows.append([key] + [_cell(e, f"{e.accuracy.top1 * 100:.1f}" if e and e.accuracy else "-")
-                                      for e in entries])
+        latency_rows.append(
+            [key] + [_cell(e, f"{_latency(e, stage):.2f}" if _latency(e, stage) else "-") for e in entries]
+        )
+        accuracy_rows.append(
+            [key] + [_cell(e, f"{e.accuracy.top1 * 100:.1f}" if e and e.accuracy else "-") for e in entries]
+        )
     return header, latency_rows, accuracy_rows
 
 
@@ -114,11 +116,19 @@ def to_markdown(report: Report, stage: str = "image") -> str:
     lines = ["# edgeclip benchmark report", "", "## Devices", ""]
     for run in report.runs:
         lines.append(f"- **{run.label}** ({run.path.name}): {run.result.device.summary()}")
-    lines += ["", f"## {STAGE_NAMES[stage]} p50 latency (ms, smallest batch)", "",
-              render(header, latency_rows, right, markdown=True),
-              "", "## Zero-shot top-1 (%)", "", render(header, accuracy_rows, right, markdown=True),
-              "", f"{STATUS_MARKS['failed_checks']}: exported but failed checks or cannot run there; "
-              f"{STATUS_MARKS['export_failed']}: export failed; empty: not in that run."]
+    lines += [
+        "",
+        f"## {STAGE_NAMES[stage]} p50 latency (ms, smallest batch)",
+        "",
+        render(header, latency_rows, right, markdown=True),
+        "",
+        "## Zero-shot top-1 (%)",
+        "",
+        render(header, accuracy_rows, right, markdown=True),
+        "",
+        f"{STATUS_MARKS['failed_checks']}: exported but failed checks or cannot run there; "
+        f"{STATUS_MARKS['export_failed']}: export failed; empty: not in that run.",
+    ]
     for run in report.runs:
         lines += ["", f"## {run.label}", "", format_result(run.result, markdown=True)]
     if report.skipped:
@@ -171,18 +181,34 @@ def pareto_png(report: Report, stage: str = "image") -> bytes:
         front = set(pareto_front(points))
         names = _point_names(entries)
         ordered = sorted(front, key=lambda i: points[i][0])
-        ax.step([points[i][0] for i in ordered], [points[i][1] for i in ordered], where="post", color=color,
-                alpha=0.5, linewidth=1.5, zorder=1)
+        ax.step(
+            [points[i][0] for i in ordered],
+            [points[i][1] for i in ordered],
+            where="post",
+            color=color,
+            alpha=0.5,
+            linewidth=1.5,
+            zorder=1,
+        )
         for i, ((x, y), e) in enumerate(zip(points, entries, strict=True)):
             marker = markers.setdefault(e.target, marker_cycle[len(markers) % len(marker_cycle)])
             filled = i in front
-            ax.scatter([x], [y], s=60, marker=marker, zorder=3, linewidths=1.5, edgecolors=color,
-                       facecolors=color if filled else "white")
+            ax.scatter(
+                [x],
+                [y],
+                s=60,
+                marker=marker,
+                zorder=3,
+                linewidths=1.5,
+                edgecolors=color,
+                facecolors=color if filled else "white",
+            )
             # Stagger labels of points that sit on top of each other (same accuracy, similar latency).
             near = sum(1 for (lx, ly) in labelled if abs(ly - y) < 0.5 and 0.8 < x / max(lx, 1e-9) < 1.25)
             labelled.append((x, y))
-            ax.annotate(names[i], (x, y), textcoords="offset points", xytext=(6, 5 - 11 * near), fontsize=7,
-                        color=color)
+            ax.annotate(
+                names[i], (x, y), textcoords="offset points", xytext=(6, 5 - 11 * near), fontsize=7, color=color
+            )
         xs_all += [p[0] for p in points]
         ys_all += [p[1] for p in points]
         handles.append(Line2D([], [], color=color, marker="o", linestyle="-", label=run.label))
@@ -229,13 +255,19 @@ def to_html(report: Report, stage: str = "image", png: bytes | None = None) -> s
         "</style></head><body><h1>edgeclip benchmark report</h1><h2>Devices</h2><ul>",
     ]
     for run in report.runs:
-        parts.append(f"<li><b>{html.escape(run.label)}</b> ({html.escape(run.path.name)}): "
-                     f"{html.escape(run.result.device.summary())}</li>")
+        parts.append(
+            f"<li><b>{html.escape(run.label)}</b> ({html.escape(run.path.name)}): "
+            f"{html.escape(run.result.device.summary())}</li>"
+        )
     parts.append("</ul>")
-    parts += [f"<h2>{STAGE_NAMES[stage]} p50 latency (ms, smallest batch)</h2>", _html_table(header, latency_rows),
-              "<h2>Zero-shot top-1 (%)</h2>", _html_table(header, accuracy_rows),
-              f"<p class='note'>{STATUS_MARKS['failed_checks']} exported but failed checks or cannot run there; "
-              f"{STATUS_MARKS['export_failed']} export failed; empty: not in that run.</p>"]
+    parts += [
+        f"<h2>{STAGE_NAMES[stage]} p50 latency (ms, smallest batch)</h2>",
+        _html_table(header, latency_rows),
+        "<h2>Zero-shot top-1 (%)</h2>",
+        _html_table(header, accuracy_rows),
+        f"<p class='note'>{STATUS_MARKS['failed_checks']} exported but failed checks or cannot run there; "
+        f"{STATUS_MARKS['export_failed']} export failed; empty: not in that run.</p>",
+    ]
     if png is not None:
         data = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2>Accuracy vs latency</h2><img alt='Pareto plot' src='data:image/png;base64,{data}'>")

@@ -161,8 +161,12 @@ class Parity:
         return min(self.image.min, self.text.min)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "floor": self.floor, "image": self.image.to_dict(),
-                "text": self.text.to_dict()}
+        return {
+            "reference": self.reference,
+            "floor": self.floor,
+            "image": self.image.to_dict(),
+            "text": self.text.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> Parity:
@@ -207,8 +211,12 @@ class ModelIdentity:
     random_init: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "model_id": self.model_id, "pretrained": self.pretrained,
-                "random_init": self.random_init}
+        return {
+            "architecture": self.architecture,
+            "model_id": self.model_id,
+            "pretrained": self.pretrained,
+            "random_init": self.random_init,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> ModelIdentity:
@@ -378,8 +386,9 @@ class BenchResult:
         schema = data.get("schema")
         if schema != SCHEMA:
             hint = " (it looks like a pytest-benchmark file)" if "benchmarks" in data and "machine_info" in data else ""
-            raise ResultsError(f"{where} is not an edgeclip bench results file: schema is {schema!r}, "
-                               f"expected {SCHEMA!r}{hint}")
+            raise ResultsError(
+                f"{where} is not an edgeclip bench results file: schema is {schema!r}, expected {SCHEMA!r}{hint}"
+            )
         version = _require(data, "schema_version", str, where)
         major = version.split(".")[0]
         if not major.isdigit():

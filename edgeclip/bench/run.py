@@ -130,8 +130,10 @@ def parse_targets(items: Sequence[str]) -> list[Candidate]:
                 cand = replace(cand, invalid=str(e))
             except UsageError as e:
                 keys = ", ".join(spec.options) or "none"
-                raise UsageError(f"--targets {label}: {e} (target options go in the item: "
-                                 f"{name}:{precision}+KEY[=VALUE]; {name} takes {keys})") from None
+                raise UsageError(
+                    f"--targets {label}: {e} (target options go in the item: "
+                    f"{name}:{precision}+KEY[=VALUE]; {name} takes {keys})"
+                ) from None
             candidates.append(cand)
     unique: list[Candidate] = []
     for cand in candidates:  # a row asked for twice is measured once, where first asked for
@@ -150,8 +152,10 @@ def bundle_candidates(paths: Sequence[str | Path]) -> list[Candidate]:
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
-            raise UsageError(f"bundle {path} {'is not a folder' if path.exists() else 'does not exist'}: "
-                             "expected a bundle folder written by `edgeclip export`")
+            raise UsageError(
+                f"bundle {path} {'is not a folder' if path.exists() else 'does not exist'}: "
+                "expected a bundle folder written by `edgeclip export`"
+            )
         target, precision = "?", "?"
         try:  # a bundle whose manifest cannot be read still gets a row, with the reason, when it is measured
             manifest = BundleManifest.from_json((path / MANIFEST_NAME).read_text(encoding="utf-8"), str(path))
@@ -231,8 +235,15 @@ def run_bench(
             if cand.kind == "eager":
                 source = {"architecture": model, "pretrained": pretrained, "random_init": random_init}
             elif cand.invalid:
-                entry = BenchEntry(cand.name, cand.kind, "export_failed", cand.target, cand.precision,
-                                   reason=cand.invalid, model=ModelIdentity(model, None, pretrained, random_init))
+                entry = BenchEntry(
+                    cand.name,
+                    cand.kind,
+                    "export_failed",
+                    cand.target,
+                    cand.precision,
+                    reason=cand.invalid,
+                    model=ModelIdentity(model, None, pretrained, random_init),
+                )
             elif cand.export:
                 step(f"exporting {cand.name}")
                 out = exports / f"{model}.{re.sub(r'[^A-Za-z0-9._=-]+', '-', cand.name)}.edgeclip"
@@ -245,10 +256,20 @@ def run_bench(
             if entry is None:
                 step(f"measuring {cand.name}")
                 request = MeasureRequest(
-                    name=cand.name, kind=cand.kind, source=source, target=cand.target, precision=cand.precision,
-                    batch_sizes=batch_sizes, runs=runs, warmup=warmup, dataset=str(folder),
-                    dataset_name=dataset_name, templates=template_arg, embeddings=str(work / f"{i}.embeddings.npz"),
-                    threads=threads, providers=tuple(providers) if providers else None,
+                    name=cand.name,
+                    kind=cand.kind,
+                    source=source,
+                    target=cand.target,
+                    precision=cand.precision,
+                    batch_sizes=batch_sizes,
+                    runs=runs,
+                    warmup=warmup,
+                    dataset=str(folder),
+                    dataset_name=dataset_name,
+                    templates=template_arg,
+                    embeddings=str(work / f"{i}.embeddings.npz"),
+                    threads=threads,
+                    providers=tuple(providers) if providers else None,
                 )
                 entry = _measure_in_child(request, work, i) if isolate else measure(request)
                 if entry.status == "ok":
@@ -322,13 +343,28 @@ def _export(model: str, pretrained: str | None, random_init: bool, cand: Candida
     from edgeclip.export import export_bundle
 
     try:
-        export_bundle(model, pretrained, out, target=cand.target, precision=cand.precision,
-                      random_init=random_init, target_options=dict(cand.options), force=True)
+        export_bundle(
+            model,
+            pretrained,
+            out,
+            target=cand.target,
+            precision=cand.precision,
+            random_init=random_init,
+            target_options=dict(cand.options),
+            force=True,
+        )
     except Exception as e:  # any export failure (ours, or a converter's own) is this row's reason; the run goes on
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         reason = text if isinstance(e, EdgeclipError) else f"{type(e).__name__}: {text}".rstrip(": ")
-        return BenchEntry(cand.name, cand.kind, "export_failed", cand.target, cand.precision, reason=reason,
-                          model=ModelIdentity(model, None, pretrained, random_init))
+        return BenchEntry(
+            cand.name,
+            cand.kind,
+            "export_failed",
+            cand.target,
+            cand.precision,
+            reason=reason,
+            model=ModelIdentity(model, None, pretrained, random_init),
+        )
     return None
 
 
@@ -343,7 +379,10 @@ def _measure_in_child(request: MeasureRequest, work: Path, index: int) -> BenchE
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, "-m", "edgeclip.bench.worker", str(request_path), str(out_path)],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if proc.returncode == 0 and out_path.is_file():
         return BenchEntry.from_dict(json.loads(out_path.read_text(encoding="utf-8")), f"worker {request.name}")
@@ -382,14 +421,19 @@ def _check_parity(entries: list[BenchEntry], embeddings: dict[str, str], referen
             continue
         own = np.load(embeddings[entry.name])
         floor = parity_floor(entry.precision)
-        parity = Parity(reference, cosine_stats(ref["image"], own["image"]), cosine_stats(ref["text"], own["text"]),
-                        floor)
+        parity = Parity(
+            reference, cosine_stats(ref["image"], own["image"]), cosine_stats(ref["text"], own["text"]), floor
+        )
         entry = replace(entry, parity=parity)
         if floor is not None and parity.worst_min < floor:
             role = "image" if parity.image.min <= parity.text.min else "text"
-            entry = replace(entry, status="failed_checks", reason=(
-                f"{role} encoder parity: min cosine {parity.worst_min:.6f} to {reference} is below the "
-                f"{entry.precision} floor {floor}"
-            ))
+            entry = replace(
+                entry,
+                status="failed_checks",
+                reason=(
+                    f"{role} encoder parity: min cosine {parity.worst_min:.6f} to {reference} is below the "
+                    f"{entry.precision} floor {floor}"
+                ),
+            )
         out.append(entry)
     return out

@@ -99,9 +99,7 @@ def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
         return {
             "image": lambda: image_encoder.run({image_input: pixels}),
             "text": lambda: text_encoder.run({text_input: tokens}),
-            "end_to_end": lambda: head.probabilities(
-                bundle.encode_image(images, batch_size=batch), bundle.logit_scale
-            ),
+            "end_to_end": lambda: head.probabilities(bundle.encode_image(images, batch_size=batch), bundle.logit_scale),
         }
 
     def runtime() -> str:
@@ -125,4 +123,3 @@ def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
             "target_info": {k: v for k, v in m.target_info.items() if k != "exported_with"},
         },
     )
-

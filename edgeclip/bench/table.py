@@ -34,11 +34,14 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
     if markdown:
         rule = ["-" * max(w - 1, 1) + (":" if r else "-") for w, r in zip(widths, right, strict=True)]
         lines = [header, rule, *rows]
-        return "\n".join("| " + " | ".join(_pad(str(c), w, r) for c, w, r in zip(line, widths, right, strict=True))
-                         + " |" for line in lines)
+        return "\n".join(
+            "| " + " | ".join(_pad(str(c), w, r) for c, w, r in zip(line, widths, right, strict=True)) + " |"
+            for line in lines
+        )
     lines = [header, *rows]
-    text = ["  ".join(_pad(str(c), w, r) for c, w, r in zip(line, widths, right, strict=True)).rstrip()
-            for line in lines]
+    text = [
+        "  ".join(_pad(str(c), w, r) for c, w, r in zip(line, widths, right, strict=True)).rstrip() for line in lines
+    ]
     text.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(text)
 
@@ -53,29 +56,44 @@ def result_rows(result: BenchResult) -> tuple[list[str], list[list[str]], list[b
     small, large = min(batches), max(batches)
     base = result.baseline
     base_p50 = base.stats("image", small).p50_ms if base and base.stats("image", small) else None
-    header = ["Target", "Status", "Size MB", f"img p50 ms @{small}", f"img p90 ms @{small}", f"txt p50 ms @{small}",
-              f"e2e p50 ms @{small}", f"img/s @{large}", "cold ms", "peak MB", "top-1 %", "cos p1", "vs base"]
+    header = [
+        "Target",
+        "Status",
+        "Size MB",
+        f"img p50 ms @{small}",
+        f"img p90 ms @{small}",
+        f"txt p50 ms @{small}",
+        f"e2e p50 ms @{small}",
+        f"img/s @{large}",
+        "cold ms",
+        "peak MB",
+        "top-1 %",
+        "cos p1",
+        "vs base",
+    ]
     rows = []
     for e in result.entries:
         image, text, e2e = e.stats("image", small), e.stats("text", small), e.stats("end_to_end", small)
         fps = e.stats("image", large)
         size = e.size_total
         speedup = base_p50 / image.p50_ms if base_p50 and image else None
-        rows.append([
-            e.name,
-            f"{mark(e)} {STATUS_WORDS[e.status]}",
-            fmt(size / 1e6 if size else None, ".1f"),
-            fmt(image.p50_ms if image else None, ".2f"),
-            fmt(image.p90_ms if image else None, ".2f"),
-            fmt(text.p50_ms if text else None, ".2f"),
-            fmt(e2e.p50_ms if e2e else None, ".2f"),
-            fmt(fps.throughput_per_s if fps else None, ".1f"),
-            fmt(e.cold_start_ms.get("total"), ".0f"),
-            fmt(e.memory_mb.get("peak"), ".0f"),
-            fmt(e.accuracy.top1 * 100 if e.accuracy else None, ".1f"),
-            fmt(e.parity.worst_p1 if e.parity else None, ".6f") if not e.baseline else "ref",
-            fmt(speedup, ".2f") + ("x" if speedup else ""),
-        ])
+        rows.append(
+            [
+                e.name,
+                f"{mark(e)} {STATUS_WORDS[e.status]}",
+                fmt(size / 1e6 if size else None, ".1f"),
+                fmt(image.p50_ms if image else None, ".2f"),
+                fmt(image.p90_ms if image else None, ".2f"),
+                fmt(text.p50_ms if text else None, ".2f"),
+                fmt(e2e.p50_ms if e2e else None, ".2f"),
+                fmt(fps.throughput_per_s if fps else None, ".1f"),
+                fmt(e.cold_start_ms.get("total"), ".0f"),
+                fmt(e.memory_mb.get("peak"), ".0f"),
+                fmt(e.accuracy.top1 * 100 if e.accuracy else None, ".1f"),
+                fmt(e.parity.worst_p1 if e.parity else None, ".6f") if not e.baseline else "ref",
+                fmt(speedup, ".2f") + ("x" if speedup else ""),
+            ]
+        )
     return header, rows, [False, False] + [True] * (len(header) - 2)
 
 

@@ -49,16 +49,24 @@ class MeasureRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "batch_sizes": list(self.batch_sizes),
-                "templates": self.templates if isinstance(self.templates, str) else list(self.templates),
-                "providers": list(self.providers) if self.providers else None}
+        return {
+            **self.__dict__,
+            "batch_sizes": list(self.batch_sizes),
+            "templates": self.templates if isinstance(self.templates, str) else list(self.templates),
+            "providers": list(self.providers) if self.providers else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeasureRequest:
         templates = data["templates"]
-        return cls(**{**data, "batch_sizes": tuple(data["batch_sizes"]),
-                      "templates": templates if isinstance(templates, str) else tuple(templates),
-                      "providers": tuple(data["providers"]) if data.get("providers") else None})
+        return cls(
+            **{
+                **data,
+                "batch_sizes": tuple(data["batch_sizes"]),
+                "templates": templates if isinstance(templates, str) else tuple(templates),
+                "providers": tuple(data["providers"]) if data.get("providers") else None,
+            }
+        )
 
 
 def sample_inputs() -> tuple[Any, str]:

@@ -50,8 +50,9 @@ class CalibrationSet:
 
     def __post_init__(self) -> None:
         if self.pixels.dtype != np.float32 or self.pixels.ndim != 4:
-            raise UsageError(f"calibration pixels must be float32 N x C x H x W, got {self.pixels.dtype} "
-                             f"{self.pixels.shape}")
+            raise UsageError(
+                f"calibration pixels must be float32 N x C x H x W, got {self.pixels.dtype} {self.pixels.shape}"
+            )
         if len(self.sources) != len(self.pixels):
             raise UsageError(f"calibration set has {len(self.pixels)} images but {len(self.sources)} source names")
 
@@ -104,8 +105,13 @@ class CalibrationSet:
         path = Path(path)
         if path.suffix != ".npz":
             raise UsageError(f"calibration output {path} must end in .npz")
-        meta = {"format": FORMAT, "preprocess": self.preprocess.to_dict(), "strategy": self.strategy,
-                "seed": self.seed, "sha256": self.sha256}
+        meta = {
+            "format": FORMAT,
+            "preprocess": self.preprocess.to_dict(),
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "sha256": self.sha256,
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
         os.close(fd)
@@ -128,8 +134,9 @@ def load_calibration_set(path: Path, expect: PreprocessSpec | None = None) -> Ca
     """Read a `.npz` written by `CalibrationSet.save`, checking its hash and (if given) its preprocessing."""
     path = Path(path)
     if path.is_file() and not zipfile.is_zipfile(path):  # else numpy guesses a pickle and says so
-        raise UsageError(f"{path} is not an edgeclip calibration set (not a .npz archive): make one with "
-                         "`edgeclip calibrate`")
+        raise UsageError(
+            f"{path} is not an edgeclip calibration set (not a .npz archive): make one with `edgeclip calibrate`"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
@@ -139,8 +146,9 @@ def load_calibration_set(path: Path, expect: PreprocessSpec | None = None) -> Ca
     except FileNotFoundError:
         raise UsageError(f"calibration set {path} does not exist") from None
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path} is not an edgeclip calibration set ({e}): make one with `edgeclip calibrate`") \
-            from None
+        raise UsageError(
+            f"{path} is not an edgeclip calibration set ({e}): make one with `edgeclip calibrate`"
+        ) from None
     if meta.get("format") != FORMAT:
         raise UsageError(f"{path} has calibration format {meta.get('format')!r}: expected {FORMAT!r}")
     calib = CalibrationSet(
@@ -238,10 +246,16 @@ def build_calibration_set(
                 readable.append(path)
             tick(i + 1, len(paths))
         if embed is not None:
-            features = np.concatenate(
-                [embed(np.stack([preprocess_image(im, preprocess) for im in decoded[i : i + 32]]))
-                 for i in range(0, len(decoded), 32)]
-            ) if decoded else np.zeros((0, 1), np.float32)
+            features = (
+                np.concatenate(
+                    [
+                        embed(np.stack([preprocess_image(im, preprocess) for im in decoded[i : i + 32]]))
+                        for i in range(0, len(decoded), 32)
+                    ]
+                )
+                if decoded
+                else np.zeros((0, 1), np.float32)
+            )
         else:
             features = np.stack([image_features(im) for im in decoded]) if decoded else np.zeros((0, 1), np.float32)
         chosen = select(count, len(decoded), "diverse", seed, features) if decoded else np.zeros(0, np.int64)
@@ -267,7 +281,10 @@ def build_calibration_set(
             UserWarning,
             stacklevel=2,
         )
-    strings = tuple(texts) if texts else (tuple(dict.fromkeys(captions))[:count] if captions else
-                                          default_text_strings(count=count))
+    strings = (
+        tuple(texts)
+        if texts
+        else (tuple(dict.fromkeys(captions))[:count] if captions else default_text_strings(count=count))
+    )
     calib = CalibrationSet(np.stack(pixels).astype(np.float32), preprocess, tuple(names), strings, strategy, seed)
     return calib, skipped

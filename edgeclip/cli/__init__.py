@@ -147,5 +147,3 @@ from edgeclip.cli import tasks as _tasks  # noqa: E402, F401
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edgeclip")
-
-

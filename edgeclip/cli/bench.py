@@ -96,8 +96,13 @@ class _Steps:
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed runs per stage/batch.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
 @click.option("--dataset", type=click.Path(path_type=Path), help="Labelled folder <root>/<class>/<image> for top-1.")
-@click.option("--eval-images", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Shapes eval images when no --dataset is given.")
+@click.option(
+    "--eval-images",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Shapes eval images when no --dataset is given.",
+)
 @click.option("--templates", default="simple", show_default=True, help="Prompt templates for top-1: simple or openai.")
 @click.option("--reference", help="Row (or, with bundles, a bundle folder) parity is measured against.")
 @click.option("--label", help="How reports name this run (default: '<host> · <threads> threads').")
@@ -190,8 +195,13 @@ def bench_run(
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), help="Write the Markdown report here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a static HTML page (plot embedded).")
 @click.option("--plot", type=click.Path(path_type=Path), help="Write the accuracy-latency Pareto plot (PNG).")
-@click.option("--stage", type=click.Choice(["image", "text", "end_to_end"]), default="image", show_default=True,
-              help="Which latency the grid and the plot use.")
+@click.option(
+    "--stage",
+    type=click.Choice(["image", "text", "end_to_end"]),
+    default="image",
+    show_default=True,
+    help="Which latency the grid and the plot use.",
+)
 @click.option("--strict", is_flag=True, help="Stop at a file that is not a results file, instead of skipping it.")
 @quiet_option
 def bench_report(
@@ -230,8 +240,12 @@ def bench_report(
 @bench.command("compare")
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
-@click.option("--fail-on", multiple=True, help="STAT:N% or STAT:Nms (min, median, p90, p99, mean) or top1:N% "
-              "(points); repeatable. Exit 1 when any is exceeded.")
+@click.option(
+    "--fail-on",
+    multiple=True,
+    help="STAT:N% or STAT:Nms (min, median, p90, p99, mean) or top1:N% "
+    "(points); repeatable. Exit 1 when any is exceeded.",
+)
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 @json_option
 @click.pass_context

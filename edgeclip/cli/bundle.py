@@ -214,5 +214,3 @@ def classify(
     bad = sum(1 for p in predictions if p.error)
     if bad and not quiet:
         click.echo(f"{bad} of {len(predictions)} images could not be read and were skipped", err=True)
-
-

@@ -31,11 +31,20 @@ def _preprocess_spec(model: str, pretrained: str | None):
 @click.option("--pretrained", "-p", help="Pretrained tag or checkpoint whose preprocessing applies (architectures).")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="The .npz to write.")
 @click.option("--count", "-n", type=click.IntRange(min=1), default=256, show_default=True, help="Images to keep.")
-@click.option("--strategy", type=click.Choice(["random", "diverse"]), default="random", show_default=True,
-              help="random: seeded draw; diverse: farthest-point over image features (bundle: its embeddings).")
+@click.option(
+    "--strategy",
+    type=click.Choice(["random", "diverse"]),
+    default="random",
+    show_default=True,
+    help="random: seeded draw; diverse: farthest-point over image features (bundle: its embeddings).",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for the draw.")
-@click.option("--texts", "texts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Text calibration strings, one per line (default: captions, else templates x --labels).")
+@click.option(
+    "--texts",
+    "texts_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Text calibration strings, one per line (default: captions, else templates x --labels).",
+)
 @click.option("--labels", type=CommaList(), help="Label words for templated text strings: a,b,c or @file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 @quiet_option
@@ -99,13 +108,22 @@ def calibrate(
         bar.close()
     notes = [str(w.message) for w in caught]
     if as_json:
-        emit_json({"path": str(output), "seconds": round(seconds, 3), "skipped": skipped, "warnings": notes,
-                   **calib.describe()})
+        emit_json(
+            {
+                "path": str(output),
+                "seconds": round(seconds, 3),
+                "skipped": skipped,
+                "warnings": notes,
+                **calib.describe(),
+            }
+        )
         return
     for line in skipped:
         click.echo(f"skipped {line}", err=True)
     for note in notes:
         click.echo(f"warning: {note}", err=True)
     h, w = spec.image_size
-    click.echo(f"wrote {output}  ({calib.id}: {len(calib)} images at {h}x{w}, {len(calib.texts)} texts, "
-               f"{strategy}, seed {seed}, {seconds:.1f}s)")
+    click.echo(
+        f"wrote {output}  ({calib.id}: {len(calib)} images at {h}x{w}, {len(calib.texts)} texts, "
+        f"{strategy}, seed {seed}, {seconds:.1f}s)"
+    )

@@ -40,21 +40,48 @@ def _augment_options(fn):
 
 
 @cli.command()
-@click.option("--images", "-i", required=True, help="Image–caption source: captions.jsonl/.csv, a folder with "
-              "sidecar .txt captions, img2dataset shards ('data/{00000..00009}.tar') or shapes[:split[:count]].")
-@click.option("--teacher", "-t", "teachers", multiple=True, required=True,
-              help="ARCH:WEIGHTS_FILE of one teacher (repeat for an ensemble).")
+@click.option(
+    "--images",
+    "-i",
+    required=True,
+    help="Image–caption source: captions.jsonl/.csv, a folder with "
+    "sidecar .txt captions, img2dataset shards ('data/{00000..00009}.tar') or shapes[:split[:count]].",
+)
+@click.option(
+    "--teacher",
+    "-t",
+    "teachers",
+    multiple=True,
+    required=True,
+    help="ARCH:WEIGHTS_FILE of one teacher (repeat for an ensemble).",
+)
 @click.option("--captioner", help="ARCH:WEIGHTS_FILE of an open_clip CoCa model for synthetic captions.")
-@click.option("--captions-file", type=click.Path(path_type=Path),
-              help="JSONL of synthetic captions instead of a captioner: {\"uid\": ..., \"captions\": [...]}.")
-@click.option("--augmentations", "-k", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Augmentations stored per image (K).")
-@click.option("--synthetic-captions", "-s", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Synthetic captions per image (S).")
+@click.option(
+    "--captions-file",
+    type=click.Path(path_type=Path),
+    help='JSONL of synthetic captions instead of a captioner: {"uid": ..., "captions": [...]}.',
+)
+@click.option(
+    "--augmentations",
+    "-k",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Augmentations stored per image (K).",
+)
+@click.option(
+    "--synthetic-captions",
+    "-s",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Synthetic captions per image (S).",
+)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Folder for shards.")
 @click.option("--samples-per-shard", default=1000, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Images per teacher batch.")
+@click.option(
+    "--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per teacher batch."
+)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--skip-missing", is_flag=True, help="Leave out records whose image or caption is missing.")
 @_augment_options
@@ -127,14 +154,27 @@ def reinforce(
 
 
 @cli.command()
-@click.option("--data", "-d", required=True, help="Reinforced shards (folder or 'shards/{00000..00099}.tar'); "
-              "with --loss clip also any image–caption source.")
+@click.option(
+    "--data",
+    "-d",
+    required=True,
+    help="Reinforced shards (folder or 'shards/{00000..00099}.tar'); with --loss clip also any image–caption source.",
+)
 @click.option("--model", "-m", required=True, help="open_clip student architecture, e.g. MobileCLIP2-S0.")
-@click.option("--pretrained", "-p", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Start from these weights (default: seeded random init).")
+@click.option(
+    "--pretrained",
+    "-p",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Start from these weights (default: seeded random init).",
+)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Run folder.")
-@click.option("--loss", type=click.Choice(["reinforced", "clip", "online"]), default="reinforced", show_default=True,
-              help="reinforced: stored teacher embeddings; clip: plain contrastive; online: teachers run every step.")
+@click.option(
+    "--loss",
+    type=click.Choice(["reinforced", "clip", "online"]),
+    default="reinforced",
+    show_default=True,
+    help="reinforced: stored teacher embeddings; clip: plain contrastive; online: teachers run every step.",
+)
 @click.option("--lambda", "lam", type=click.FloatRange(0, 1), help="Weight of KD in (1-λ)·CLIP + λ·KD (default 1.0).")
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Per process.")
@@ -143,15 +183,28 @@ def reinforce(
 @click.option("--warmup", default=100, show_default=True, type=click.IntRange(min=0), help="Warmup steps.")
 @click.option("--grad-clip", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--images", help="Local image source to join pixels by uid/url (Apple's DataCompDR shards).")
-@click.option("--datacompdr", type=click.IntRange(min=1), metavar="K",
-              help="Shards are Apple's DataCompDR (no dataset.json) with K augmentations; needs --images.")
-@click.option("--captions", "captions_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="With --loss clip on an image source: JSONL of extra captions per uid ({\"uid\", \"captions\"}); "
-              "each step uses the real caption or one of these, uniformly.")
+@click.option(
+    "--datacompdr",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="Shards are Apple's DataCompDR (no dataset.json) with K augmentations; needs --images.",
+)
+@click.option(
+    "--captions",
+    "captions_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help='With --loss clip on an image source: JSONL of extra captions per uid ({"uid", "captions"}); '
+    "each step uses the real caption or one of these, uniformly.",
+)
 @click.option("--eval", "eval_spec", help="Labelled split for zero-shot top-1: shapes:eval:500 or a class-folder tree.")
 @click.option("--eval-every", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Steps between checkpoints (0: only at the end).")
+@click.option(
+    "--checkpoint-every",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Steps between checkpoints (0: only at the end).",
+)
 @click.option("--keep-checkpoints", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
@@ -248,8 +301,14 @@ def distill(
 
 
 @cli.command()
-@click.option("--output", "-o", default="quickstart-run", show_default=True, type=click.Path(path_type=Path),
-              help="Folder for everything the quickstart makes.")
+@click.option(
+    "--output",
+    "-o",
+    default="quickstart-run",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for everything the quickstart makes.",
+)
 @click.option("--fast", is_flag=True, help="A much smaller run (seconds), for tests: accuracy means little.")
 @click.option("--force", is_flag=True, help="Replace an earlier quickstart folder at --output.")
 @click.option("--threads", type=click.IntRange(min=1), help="PyTorch CPU threads (default: PyTorch's choice).")

@@ -44,27 +44,58 @@ from edgeclip.cli import (
     help="A .npz from `edgeclip calibrate` (one set for every target) or a folder of images: onnx/tensorrt "
     "int8, coreml w8a8 (which also takes image files).",
 )
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              help="onnx/tensorrt int8: how activation ranges are calibrated (default minmax; percentile clips "
-              "outliers; entropy minimizes KL divergence and is the slowest).")
-@click.option("--auto-exclude", is_flag=True, default=None, help="onnx int8: keep the most sensitive nodes in float "
-              "until the accuracy gate passes.")
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    help="onnx/tensorrt int8: how activation ranges are calibrated (default minmax; percentile clips "
+    "outliers; entropy minimizes KL divergence and is the slowest).",
+)
+@click.option(
+    "--auto-exclude",
+    is_flag=True,
+    default=None,
+    help="onnx int8: keep the most sensitive nodes in float until the accuracy gate passes.",
+)
 @click.option("--dynamic", is_flag=True, default=None, help="onnx int8: dynamic int8 (MatMul/Gemm), no calibration.")
-@click.option("--text-int8", type=click.Choice(["dynamic", "static"]), help="onnx int8 with --calibration: how the "
-              "text encoder is quantized (default dynamic: faster and closer to fp32 on MobileCLIP2-S0).")
-@click.option("--max-cosine-drop", type=click.FloatRange(0, 1), help="Fail the export when an encoder's mean cosine "
-              "to fp32 on held-out inputs drops by more than this (onnx fp16/int8).")
+@click.option(
+    "--text-int8",
+    type=click.Choice(["dynamic", "static"]),
+    help="onnx int8 with --calibration: how the "
+    "text encoder is quantized (default dynamic: faster and closer to fp32 on MobileCLIP2-S0).",
+)
+@click.option(
+    "--max-cosine-drop",
+    type=click.FloatRange(0, 1),
+    help="Fail the export when an encoder's mean cosine "
+    "to fp32 on held-out inputs drops by more than this (onnx fp16/int8).",
+)
 @click.option("--batch-sizes", type=CommaList(), help="coreml: enumerated batch sizes, e.g. 1,8,32 (default: 1-64).")
-@click.option("--max-batch", type=click.IntRange(1, 4096), help="tensorrt: largest batch the engines take "
-              "(default 32).")
-@click.option("--opt-batch", type=click.IntRange(1, 4096), help="tensorrt: batch the kernels are tuned for "
-              "(default max-batch / 2).")
-@click.option("--workspace", type=click.IntRange(16), metavar="MIB", help="tensorrt: builder workspace limit in MiB "
-              "(default 2048).")
-@click.option("--onnx-only", is_flag=True, default=None, help="tensorrt: write and check the TensorRT-ready ONNX "
-              "graphs (int8: symmetric Q/DQ) without building engines, e.g. on a machine without an NVIDIA GPU.")
-@click.option("--timing-cache", type=click.Path(path_type=Path), help="tensorrt: timing cache file to reuse and "
-              "update (default: one per GPU under ~/.cache/edgeclip/tensorrt).")
+@click.option(
+    "--max-batch", type=click.IntRange(1, 4096), help="tensorrt: largest batch the engines take (default 32)."
+)
+@click.option(
+    "--opt-batch",
+    type=click.IntRange(1, 4096),
+    help="tensorrt: batch the kernels are tuned for (default max-batch / 2).",
+)
+@click.option(
+    "--workspace",
+    type=click.IntRange(16),
+    metavar="MIB",
+    help="tensorrt: builder workspace limit in MiB (default 2048).",
+)
+@click.option(
+    "--onnx-only",
+    is_flag=True,
+    default=None,
+    help="tensorrt: write and check the TensorRT-ready ONNX "
+    "graphs (int8: symmetric Q/DQ) without building engines, e.g. on a machine without an NVIDIA GPU.",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(path_type=Path),
+    help="tensorrt: timing cache file to reuse and update (default: one per GPU under ~/.cache/edgeclip/tensorrt).",
+)
 @quiet_option
 @json_option
 def export(
@@ -166,7 +197,9 @@ def export(
         p = enc.parity
         parity = (
             f"parity vs PyTorch: min cosine {p.min_cosine:.6f}, max abs diff {p.max_abs_diff:.2e} over {p.samples} "
-            "samples" if p else "parity not measured here"
+            "samples"
+            if p
+            else "parity not measured here"
         )
         click.echo(f"  {role:<5} {enc.file:<24} {size:8.1f} MB  {parity}")
     gate = (m.calibration or {}).get("gate")
@@ -175,8 +208,11 @@ def export(
             f"  accuracy gate vs fp32 ({gate['image']['samples']} held-out images): image mean cosine "
             f"{gate['image']['mean_cosine']:.4f} (p1 {gate['image']['p1_cosine']:.4f}), text mean cosine "
             f"{gate['text']['mean_cosine']:.4f}, zero-shot top-1 agreement {gate['top1_agreement']:.3f}"
-            + (" (fp32 gives every image the same label: agreement says little)"
-               if gate.get("reference_labels") == 1 else "")
+            + (
+                " (fp32 gives every image the same label: agreement says little)"
+                if gate.get("reference_labels") == 1
+                else ""
+            )
         )
     if "parity_skipped" in m.target_info:
         click.echo(f"  note: {m.target_info['parity_skipped']}")
@@ -237,5 +273,3 @@ def targets(as_json: bool) -> None:
         ):
             if values:
                 click.echo(f"{'':<10} {label + ':':<12} {', '.join(values)}")
-
-

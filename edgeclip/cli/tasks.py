@@ -23,12 +23,27 @@ _DETECTORS = ("haar", "none")
 
 
 def _face_options(fn):
-    fn = click.option("--margin", default=0.3, show_default=True, type=click.FloatRange(0, 2),
-                      help="Face crop margin, as a fraction of the face size on each side.")(fn)
-    fn = click.option("--min-face", default=40, show_default=True, type=click.IntRange(min=1),
-                      help="Smallest face (box side, pixels) that counts; smaller ones are reported as no face.")(fn)
-    fn = click.option("--detector", default="haar", show_default=True, type=click.Choice(_DETECTORS),
-                      help="Face detector: haar (OpenCV's bundled cascade) or none (inputs are face crops).")(fn)
+    fn = click.option(
+        "--margin",
+        default=0.3,
+        show_default=True,
+        type=click.FloatRange(0, 2),
+        help="Face crop margin, as a fraction of the face size on each side.",
+    )(fn)
+    fn = click.option(
+        "--min-face",
+        default=40,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Smallest face (box side, pixels) that counts; smaller ones are reported as no face.",
+    )(fn)
+    fn = click.option(
+        "--detector",
+        default="haar",
+        show_default=True,
+        type=click.Choice(_DETECTORS),
+        help="Face detector: haar (OpenCV's bundled cascade) or none (inputs are face crops).",
+    )(fn)
     return fn
 
 
@@ -45,16 +60,34 @@ def _detector(bundle, head, detector, min_face, margin, threshold=0.5):
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--head", help="A liveness head stored in the bundle (default: 'liveness' if stored, else built now).")
-@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="A face is live when P(bona fide) >= this.")
+@click.option(
+    "--threshold",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="A face is live when P(bona fide) >= this.",
+)
 @_face_options
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on, instead of stopping.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @runtime_options
 @quiet_option
 @json_option
-def liveness(bundle, images, head, threshold, detector, min_face, margin, skip_bad, batch_size, providers, threads,
-             quiet, as_json) -> None:
+def liveness(
+    bundle,
+    images,
+    head,
+    threshold,
+    detector,
+    min_face,
+    margin,
+    skip_bad,
+    batch_size,
+    providers,
+    threads,
+    quiet,
+    as_json,
+) -> None:
     """Face liveness: find faces, crop them and score P(bona fide) against attack species.
 
     \b
@@ -66,8 +99,9 @@ def liveness(bundle, images, head, threshold, detector, min_face, margin, skip_b
 
     b = load_bundle(bundle, providers=providers or None, threads=threads)
     det = _detector(b, head, detector, min_face, margin, threshold)
-    results = det.score_many(expand_image_paths(images), skip_bad=skip_bad, batch_size=batch_size,
-                             progress=show_progress(quiet))
+    results = det.score_many(
+        expand_image_paths(images), skip_bad=skip_bad, batch_size=batch_size, progress=show_progress(quiet)
+    )
     if as_json:
         emit_json([r.to_dict() for r in results])
         return
@@ -82,8 +116,10 @@ def liveness(bundle, images, head, threshold, detector, min_face, margin, skip_b
             verdict = "LIVE" if face.is_live else "ATTACK"
             top = max(face.species_probabilities, key=face.species_probabilities.get)
             box = face.box
-            click.echo(f"{name:<{width}}  {verdict:<6} P(bona fide) {face.live_probability:.3f}  top: {top} "
-                       f"{face.species_probabilities[top]:.3f}  face {box.x},{box.y} {box.width}x{box.height}")
+            click.echo(
+                f"{name:<{width}}  {verdict:<6} P(bona fide) {face.live_probability:.3f}  top: {top} "
+                f"{face.species_probabilities[top]:.3f}  face {box.x},{box.y} {box.width}x{box.height}"
+            )
 
 
 # --- quality ----------------------------------------------------------------------------------------
@@ -93,8 +129,12 @@ def liveness(bundle, images, head, threshold, detector, min_face, margin, skip_b
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--head", help="A quality head stored in the bundle (default: 'quality' if stored, else built now).")
-@click.option("--overall", default="quality", show_default=True,
-              help="The attribute that gives the overall score, or 'mean' of all attributes.")
+@click.option(
+    "--overall",
+    default="quality",
+    show_default=True,
+    help="The attribute that gives the overall score, or 'mean' of all attributes.",
+)
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on, instead of stopping.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @runtime_options
@@ -113,8 +153,9 @@ def quality(bundle, images, head, overall, skip_bad, batch_size, providers, thre
 
     b = load_bundle(bundle, providers=providers or None, threads=threads)
     scorer = QualityScorer(b, head, overall=overall)
-    results = scorer.score_many(expand_image_paths(images), skip_bad=skip_bad, batch_size=batch_size,
-                                progress=show_progress(quiet))
+    results = scorer.score_many(
+        expand_image_paths(images), skip_bad=skip_bad, batch_size=batch_size, progress=show_progress(quiet)
+    )
     if as_json:
         emit_json([r.to_dict() for r in results])
         return
@@ -145,16 +186,22 @@ def eval_group() -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--head", help="A liveness head stored in the bundle (default: 'liveness' if stored, else built now).")
-@click.option("--rule", default="eer", show_default=True, type=click.Choice(["eer", "apcer@0.01", "apcer@0.05"]),
-              help="How the threshold is chosen on the dev split.")
+@click.option(
+    "--rule",
+    default="eer",
+    show_default=True,
+    type=click.Choice(["eer", "apcer@0.01", "apcer@0.05"]),
+    help="How the threshold is chosen on the dev split.",
+)
 @click.option("--bona-fide", default="bona_fide", show_default=True, help="Folder name of the bona fide class.")
 @_face_options
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable images instead of stopping.")
 @runtime_options
 @quiet_option
 @json_option
-def eval_liveness(bundle, data, head, rule, bona_fide, detector, min_face, margin, skip_bad, providers, threads,
-                  quiet, as_json) -> None:
+def eval_liveness(
+    bundle, data, head, rule, bona_fide, detector, min_face, margin, skip_bad, providers, threads, quiet, as_json
+) -> None:
     """ISO/IEC 30107-3 figures on DATA/{dev,test}/<species>/ folders: threshold chosen on dev, applied to test.
 
     A presentation whose face is not found scores 0 (rejected); the counts are reported.
@@ -168,19 +215,24 @@ def eval_liveness(bundle, data, head, rule, bona_fide, detector, min_face, margi
 
     b = load_bundle(bundle, providers=providers or None, threads=threads)
     det = _detector(b, head, detector, min_face, margin)
-    report = evaluate_folder(det, data, rule=rule, bona_fide=bona_fide, skip_bad=skip_bad,
-                             progress=show_progress(quiet))
+    report = evaluate_folder(
+        det, data, rule=rule, bona_fide=bona_fide, skip_bad=skip_bad, progress=show_progress(quiet)
+    )
     if as_json:
         emit_json(report)
         return
     test = report["test"]
-    click.echo(f"head {report['head']}, detector {report['detector']}; threshold {report['threshold']:.4f} "
-               f"({report['threshold_rule']} on dev)")
+    click.echo(
+        f"head {report['head']}, detector {report['detector']}; threshold {report['threshold']:.4f} "
+        f"({report['threshold_rule']} on dev)"
+    )
     click.echo("test split at the dev threshold:")
     for species, value in test["apcer"].items():
         click.echo(f"  APCER {species:<20} {value:6.1%}")
-    click.echo(f"  worst APCER ({test['worst_species']}) {test['worst_apcer']:.1%}   BPCER {test['bpcer']:.1%}   "
-               f"ACER {test['acer']:.1%}")
+    click.echo(
+        f"  worst APCER ({test['worst_species']}) {test['worst_apcer']:.1%}   BPCER {test['bpcer']:.1%}   "
+        f"ACER {test['acer']:.1%}"
+    )
     at = "   ".join(f"BPCER@APCER={float(k):.0%} {v:.1%}" for k, v in report["test_bpcer_at_apcer"].items())
     click.echo(f"  EER {report['test_eer']:.1%}   AUC {report['test_auc']:.3f}   {at}")
     missing = {k: v for k, v in report["no_face"].items() if v}
@@ -208,13 +260,16 @@ def eval_quality(bundle, scores_csv, head, overall, skip_bad, providers, threads
     from edgeclip.runtimes.quality import QualityScorer, evaluate_csv
 
     b = load_bundle(bundle, providers=providers or None, threads=threads)
-    report = evaluate_csv(QualityScorer(b, head, overall=overall), scores_csv, skip_bad=skip_bad,
-                          progress=show_progress(quiet))
+    report = evaluate_csv(
+        QualityScorer(b, head, overall=overall), scores_csv, skip_bad=skip_bad, progress=show_progress(quiet)
+    )
     if as_json:
         emit_json(report)
         return
-    click.echo(f"{report['images']} images: SRCC {report['srcc']:.4f}  PLCC {report['plcc']:.4f} "
-               f"(raw {report['plcc_raw']:.4f})")
+    click.echo(
+        f"{report['images']} images: SRCC {report['srcc']:.4f}  PLCC {report['plcc']:.4f} "
+        f"(raw {report['plcc_raw']:.4f})"
+    )
     for item in report["skipped"]:
         click.echo(f"  skipped line {item['line']}: {item['error']}")
 
@@ -229,20 +284,51 @@ def eval_quality(bundle, scores_csv, head, overall, skip_bad, providers, threads
 @click.option("--base", help="Head to adapt (e.g. liveness); default: a zero-shot head of the folder names.")
 @click.option("--templates", default="simple", show_default=True, help="Without --base: openai, simple or @file.")
 @click.option("--alpha", type=click.FloatRange(min=0), help="Weight of the GDA logits (default: cross-validated).")
-@click.option("--shrinkage", type=click.FloatRange(0, 1),
-              help="Covariance shrinkage (default: cross-validated with alpha; Ledoit-Wolf is a candidate).")
-@click.option("--detector", type=click.Choice(_DETECTORS),
-              help="Crop faces from the shots first (default: haar for a liveness base head, else none).")
-@click.option("--min-face", default=40, show_default=True, type=click.IntRange(min=1),
-              help="With a detector: smallest face (pixels) that counts.")
-@click.option("--margin", default=0.3, show_default=True, type=click.FloatRange(0, 2),
-              help="With a detector: face crop margin, as at scoring time.")
+@click.option(
+    "--shrinkage",
+    type=click.FloatRange(0, 1),
+    help="Covariance shrinkage (default: cross-validated with alpha; Ledoit-Wolf is a candidate).",
+)
+@click.option(
+    "--detector",
+    type=click.Choice(_DETECTORS),
+    help="Crop faces from the shots first (default: haar for a liveness base head, else none).",
+)
+@click.option(
+    "--min-face",
+    default=40,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With a detector: smallest face (pixels) that counts.",
+)
+@click.option(
+    "--margin",
+    default=0.3,
+    show_default=True,
+    type=click.FloatRange(0, 2),
+    help="With a detector: face crop margin, as at scoring time.",
+)
 @click.option("--force", is_flag=True, help="Replace a head of the same name.")
 @runtime_options
 @quiet_option
 @json_option
-def adapt(bundle, shots, name, base, templates, alpha, shrinkage, detector, min_face, margin, force, providers,
-          threads, quiet, as_json) -> None:
+def adapt(
+    bundle,
+    shots,
+    name,
+    base,
+    templates,
+    alpha,
+    shrinkage,
+    detector,
+    min_face,
+    margin,
+    force,
+    providers,
+    threads,
+    quiet,
+    as_json,
+) -> None:
     """Training-free adaptation: a GDA head from labelled shots (SHOTS/<label>/*.jpg), stored in the bundle.
 
     \b
@@ -262,20 +348,33 @@ def adapt(bundle, shots, name, base, templates, alpha, shrinkage, detector, min_
     if detector is None:
         detector = "haar" if base_head is not None and base_head.kind == HEAD_KIND else "none"
     faces = get_face_detector(detector, min_face) if detector != "none" else None
-    result = adapt_head(b, read_shots_folder(shots), name, base=base_head, templates=_templates(templates),
-                        alpha=alpha, shrinkage=shrinkage, detector=faces, margin=margin,
-                        progress=show_progress(quiet))
+    result = adapt_head(
+        b,
+        read_shots_folder(shots),
+        name,
+        base=base_head,
+        templates=_templates(templates),
+        alpha=alpha,
+        shrinkage=shrinkage,
+        detector=faces,
+        margin=margin,
+        progress=show_progress(quiet),
+    )
     path = b.save_head(result.head, force=force)
     data = {"path": str(path), **result.to_dict()}
     if as_json:
         emit_json(data)
         return
-    click.echo(f"wrote {path}: {len(result.head.labels)} classes, alpha {result.alpha:g}, "
-               f"shrinkage {result.shrinkage:.3f}, shots {result.shots}")
+    click.echo(
+        f"wrote {path}: {len(result.head.labels)} classes, alpha {result.alpha:g}, "
+        f"shrinkage {result.shrinkage:.3f}, shots {result.shots}"
+    )
     cv = data.get("cross_validation")
     if cv:
-        click.echo(f"  held-out accuracy on the shots ({cv['folds']}-fold): zero-shot {cv['zero_shot_accuracy']:.1%}, "
-                   f"adapted {cv['adapted_accuracy']:.1%}")
+        click.echo(
+            f"  held-out accuracy on the shots ({cv['folds']}-fold): zero-shot {cv['zero_shot_accuracy']:.1%}, "
+            f"adapted {cv['adapted_accuracy']:.1%}"
+        )
     if result.dropped:
         click.echo(f"  classes without shots, left out: {', '.join(result.dropped)}")
     if result.no_face:
@@ -293,28 +392,67 @@ def _templates(value: str) -> str | list[str]:
 @click.option("--model", "-m", required=True, help="open_clip architecture, e.g. EdgeCLIP-Tiny-ViT.")
 @click.option("--pretrained", "-p", help="Starting weights (checkpoint file or tag).")
 @click.option("--random-init", is_flag=True, help="Start from random weights on purpose.")
-@click.option("--images", multiple=True, type=click.Path(path_type=Path),
-              help="Folder or file of pristine images (repeatable).")
-@click.option("--shapes", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Also use this many images of the built-in shapes dataset.")
+@click.option(
+    "--images", multiple=True, type=click.Path(path_type=Path), help="Folder or file of pristine images (repeatable)."
+)
+@click.option(
+    "--shapes",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Also use this many images of the built-in shapes dataset.",
+)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint .safetensors.")
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Pristine images per step (each gives 2 crops x 6 levels).")
+@click.option(
+    "--batch-size",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Pristine images per step (each gives 2 crops x 6 levels).",
+)
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0))
 @click.option("--margin", default=0.05, show_default=True, type=click.FloatRange(min=0), help="Ranking margin.")
-@click.option("--anchor-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="Pull P(good) to 1 at level 0 and to 0 at level 5 (ties each image's offset down).")
-@click.option("--pooled-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="Rank the overall score across images and families too, not only within one image.")
+@click.option(
+    "--anchor-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Pull P(good) to 1 at level 0 and to 0 at level 5 (ties each image's offset down).",
+)
+@click.option(
+    "--pooled-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Rank the overall score across images and families too, not only within one image.",
+)
 @click.option("--families", type=CommaList(), help="Degradation families (default: all six).")
 @click.option("--train-text", is_flag=True, help="Train the text encoder too (for random-weight models).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for this run (default: torch's).")
 @quiet_option
 @json_option
-def train_quality_command(model, pretrained, random_init, images, shapes, output, steps, batch_size, lr, margin,
-                          anchor_weight, pooled_weight, families, train_text, seed, threads, quiet, as_json) -> None:
+def train_quality_command(
+    model,
+    pretrained,
+    random_init,
+    images,
+    shapes,
+    output,
+    steps,
+    batch_size,
+    lr,
+    margin,
+    anchor_weight,
+    pooled_weight,
+    families,
+    train_text,
+    seed,
+    threads,
+    quiet,
+    as_json,
+) -> None:
     """Opinion-unaware quality training (QualiCLIP-style): ranking losses on degraded crops, no human scores.
 
     Writes an open_clip-format safetensors checkpoint; export it with `edgeclip export --pretrained`.
@@ -333,10 +471,20 @@ def train_quality_command(model, pretrained, random_init, images, shapes, output
         torch.set_num_threads(threads)  # this process is the command's own
 
     config = QualityTrainConfig(
-        architecture=model, pretrained=pretrained, random_init=random_init, images=tuple(str(p) for p in images),
-        shapes=shapes, steps=steps, batch_size=batch_size, lr=lr, margin=margin, anchor_weight=anchor_weight,
+        architecture=model,
+        pretrained=pretrained,
+        random_init=random_init,
+        images=tuple(str(p) for p in images),
+        shapes=shapes,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        margin=margin,
+        anchor_weight=anchor_weight,
         pooled_weight=pooled_weight,
-        families=tuple(families) if families else tuple(FAMILY_ATTRIBUTE), train_text=train_text, seed=seed,
+        families=tuple(families) if families else tuple(FAMILY_ATTRIBUTE),
+        train_text=train_text,
+        seed=seed,
     )
     bar = None
     if show_progress(quiet):
@@ -366,8 +514,10 @@ def train_quality_command(model, pretrained, random_init, images, shapes, output
         emit_json(data)
         return
     first, last = result.history[0], result.history[-1]
-    click.echo(f"wrote {result.path} in {result.seconds:.0f}s: loss {first['loss']:.4f} -> {last['loss']:.4f}, "
-               f"probe pair-ranking accuracy {result.probe_before:.1%} -> {result.probe_after:.1%}")
+    click.echo(
+        f"wrote {result.path} in {result.seconds:.0f}s: loss {first['loss']:.4f} -> {last['loss']:.4f}, "
+        f"probe pair-ranking accuracy {result.probe_before:.1%} -> {result.probe_after:.1%}"
+    )
 
 
 # --- task heads -------------------------------------------------------------------------------------
@@ -376,8 +526,12 @@ def train_quality_command(model, pretrained, random_init, images, shapes, output
 @heads.command("add-liveness")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--name", default="liveness", show_default=True, help="Head name.")
-@click.option("--species", "species_file", type=click.Path(path_type=Path),
-              help="JSON {class: [prompts]} replacing the built-in species and prompts.")
+@click.option(
+    "--species",
+    "species_file",
+    type=click.Path(path_type=Path),
+    help="JSON {class: [prompts]} replacing the built-in species and prompts.",
+)
 @click.option("--bona-fide", default="bona_fide", show_default=True, help="The bona fide class's name.")
 @click.option("--force", is_flag=True, help="Replace a head of the same name.")
 @json_option

@@ -186,8 +186,13 @@ def _printed(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     dots = _halftone(pixels, period)
     # A print is seen from a distance: the dots blend partly into tone, but the screen stays visible.
     ink = 0.55 * dots + 0.45 * pixels
-    ink = _gamut_compress(ink, rng.uniform(0.08, 0.16), rng.uniform(0.82, 0.9), rng.uniform(0.6, 0.8),
-                          (1.0, rng.uniform(0.96, 0.99), rng.uniform(0.86, 0.93)))
+    ink = _gamut_compress(
+        ink,
+        rng.uniform(0.08, 0.16),
+        rng.uniform(0.82, 0.9),
+        rng.uniform(0.6, 0.8),
+        (1.0, rng.uniform(0.96, 0.99), rng.uniform(0.86, 0.93)),
+    )
     fibres = rng.normal(0, 0.035, (height, width, 1)).astype(np.float32)
     blotches = 0.06 * (_smooth_field(height, width, rng, cells=12, channels=1) - 0.5)
     sheet = np.clip(ink + fibres + blotches, 0, 1)
@@ -201,8 +206,13 @@ def _screen(pixels: np.ndarray, rng: np.random.Generator, glare: bool = True) ->
     """The photo as a lit display: sub-pixel grid, moiré, raised blacks, cool tint, optional glare."""
     height, width = pixels.shape[:2]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    shown = _gamut_compress(pixels, rng.uniform(0.05, 0.12), rng.uniform(0.9, 1.0), rng.uniform(0.85, 1.05),
-                            (rng.uniform(0.88, 0.95), rng.uniform(0.95, 1.0), 1.0))
+    shown = _gamut_compress(
+        pixels,
+        rng.uniform(0.05, 0.12),
+        rng.uniform(0.9, 1.0),
+        rng.uniform(0.85, 1.05),
+        (rng.uniform(0.88, 0.95), rng.uniform(0.95, 1.0), 1.0),
+    )
     pitch = max(3, round(min(height, width) / rng.uniform(90, 140)))
     grid = np.full((height, width, 3), 0.72, np.float32)
     for channel in range(3):
@@ -336,16 +346,22 @@ def _id_attack(pixels: np.ndarray, box: FaceBox, rng: np.random.Generator) -> np
     margin = max(3, card_w // 30)
     # The photo: the face with a little margin, cut from the bona fide capture.
     grow = 0.25
-    crop = (max(0, int(x - grow * w)), max(0, int(y - grow * h)),
-            min(width, int(x + (1 + grow) * w)), min(height, int(y + (1 + grow) * h)))
+    crop = (
+        max(0, int(x - grow * w)),
+        max(0, int(y - grow * h)),
+        min(width, int(x + (1 + grow) * w)),
+        min(height, int(y + (1 + grow) * h)),
+    )
     photo = _to_pil(pixels).crop(crop).resize((photo_w, photo_h), Image.BICUBIC)
     top = (card_h - photo_h) // 2
     card_img.paste(photo, (margin, top))
     for i in range(5):
         bar_y = top + int((i + 0.5) * photo_h / 5.5)
         bar_len = int(rng.uniform(0.25, 0.5) * card_w)
-        draw.rectangle((photo_w + 2 * margin, bar_y, photo_w + 2 * margin + bar_len, bar_y + max(2, card_h // 40)),
-                       fill=(40, 40, 60))
+        draw.rectangle(
+            (photo_w + 2 * margin, bar_y, photo_w + 2 * margin + bar_len, bar_y + max(2, card_h // 40)),
+            fill=(40, 40, 60),
+        )
     out = _from_pil(card_img)
     rainbow = np.stack([np.sin(2 * np.pi * (xs + ys) / 40 + phase) for phase in (0, 2.1, 4.2)], axis=-1)
     holo = np.zeros((card_h, card_w, 1), np.float32)

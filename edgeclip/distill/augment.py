@@ -25,8 +25,9 @@ OPS = (
     "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
     "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
 )  # fmt: skip
-_SIGNED = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
-                     "Sharpness"})
+_SIGNED = frozenset(
+    {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"}
+)
 _TRANSLATE_FRACTION = 150.0 / 331.0  # torchvision's translate range, as a fraction of the side
 INTERPOLATIONS = ("bilinear", "bicubic")
 

@@ -302,7 +302,8 @@ def format_summary(result: QuickstartResult) -> str:
     """The table the quickstart prints."""
     lines = [
         f"quickstart: {result.output}  (wall time {result.wall_seconds:.0f} s: "
-        + ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items()) + ")",
+        + ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items())
+        + ")",
         "",
         f"{'model':<16} {'architecture':<20} {'runtime':<17} {'params':>8} {'size':>9} {'shape':>6} {'colour':>6} "
         f"{'latency':>9}",
@@ -313,8 +314,10 @@ def format_summary(result: QuickstartResult) -> str:
             f"{r.top1:>6.3f} {r.top1_color:>6.3f} {r.latency_ms:>7.2f}ms"
         )
     lines.append("")
-    lines.append(f"shape / colour: zero-shot top-1 on {result.plan.eval_samples} held-out shapes images "
-                 "(8 shapes, 'a photo of a {}'; 8 colours, 'a photo of a {} shape')")
+    lines.append(
+        f"shape / colour: zero-shot top-1 on {result.plan.eval_samples} held-out shapes images "
+        "(8 shapes, 'a photo of a {}'; 8 colours, 'a photo of a {} shape')"
+    )
     lines.append("latency: median over 20 runs, one 64x64 image")
     lines.append(f"bundle {result.bundle} classified:")
     for file, truth, predicted, p in result.predictions:

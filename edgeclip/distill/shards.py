@@ -73,8 +73,17 @@ class DatasetManifest:
 
     def identity(self) -> str:
         """Digest of everything that decides the shards' contents: equal digests, interchangeable shards."""
-        keys = ("teachers", "augmentations", "synthetic_captions", "image_source", "samples", "samples_per_shard",
-                "augment", "captioner", "seed")
+        keys = (
+            "teachers",
+            "augmentations",
+            "synthetic_captions",
+            "image_source",
+            "samples",
+            "samples_per_shard",
+            "augment",
+            "captioner",
+            "seed",
+        )
         d = self.to_dict()
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -153,8 +162,21 @@ class DatasetManifest:
 
 def _describe_difference(a: DatasetManifest, b: DatasetManifest) -> str:
     da, db = a.to_dict(), b.to_dict()
-    keys = [k for k in ("teachers", "augmentations", "synthetic_captions", "image_source", "samples",
-                        "samples_per_shard", "augment", "captioner", "seed") if da[k] != db[k]]
+    keys = [
+        k
+        for k in (
+            "teachers",
+            "augmentations",
+            "synthetic_captions",
+            "image_source",
+            "samples",
+            "samples_per_shard",
+            "augment",
+            "captioner",
+            "seed",
+        )
+        if da[k] != db[k]
+    ]
     return ", ".join(keys)
 
 
@@ -473,8 +495,11 @@ class ReinforcedShards:
         m = self.manifest
         arrays = self._arrays(path, sample)
         meta = self._json(path, sample, "json") if "json" in sample.members else {}
-        url = self._reader.read(path, sample.members["url.txt"]).decode("utf-8", "replace").strip() if (
-            "url.txt" in sample.members) else ""
+        url = (
+            self._reader.read(path, sample.members["url.txt"]).decode("utf-8", "replace").strip()
+            if ("url.txt" in sample.members)
+            else ""
+        )
         syn = self._json(path, sample, "syn.json").get("syn_text", []) if "syn.json" in sample.members else []
         paug = self._json(path, sample, "paug.json")
         try:

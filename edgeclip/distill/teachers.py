@@ -199,7 +199,7 @@ class CaptionsFile:
                 raise DatasetError(f"{path} line {n}: not valid JSON ({e.msg})") from None
             captions = row.get("captions", row.get("syn_text")) if isinstance(row, dict) else None
             if "uid" not in row or not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-                raise DatasetError(f"{path} line {n}: expected {{\"uid\": ..., \"captions\": [strings]}}")
+                raise DatasetError(f'{path} line {n}: expected {{"uid": ..., "captions": [strings]}}')
             self.by_uid[str(row["uid"])] = captions
 
     def captions(self, uid: str, count: int) -> list[str]:

@@ -27,8 +27,12 @@ class EncoderAgreement:
     min_cosine: float
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"samples": self.samples, "mean_cosine": self.mean_cosine, "p1_cosine": self.p1_cosine,
-                "min_cosine": self.min_cosine}
+        return {
+            "samples": self.samples,
+            "mean_cosine": self.mean_cosine,
+            "p1_cosine": self.p1_cosine,
+            "min_cosine": self.min_cosine,
+        }
 
 
 @dataclass(frozen=True)

@@ -64,23 +64,34 @@ COMPRESSIONS: dict[str, Compression] = {
         Compression(
             "int8",
             PARITY_FLOORS["int8"],
-            {"method": "linear_quantize_weights", "mode": "linear_symmetric", "dtype": "int8",
-             "granularity": "per_channel"},
+            {
+                "method": "linear_quantize_weights",
+                "mode": "linear_symmetric",
+                "dtype": "int8",
+                "granularity": "per_channel",
+            },
         ),
         *(
             Compression(
                 f"palettize{bits}",
                 floor,
-                {"method": "palettize_weights", "mode": "kmeans (optimal 1-D, kmeans1d)", "nbits": bits,
-                 "granularity": "per_tensor"},
+                {
+                    "method": "palettize_weights",
+                    "mode": "kmeans (optimal 1-D, kmeans1d)",
+                    "nbits": bits,
+                    "granularity": "per_tensor",
+                },
             )
             for bits, floor in ((4, 0.95), (6, 0.98), (8, 0.99))
         ),
         Compression(
             "w8a8",  # image encoder: int8 activations calibrated on images, then int8 weights; text: int8 weights
             0.98,
-            {"method": "linear_quantize_activations + linear_quantize_weights", "mode": "linear_symmetric",
-             "dtype": "int8"},
+            {
+                "method": "linear_quantize_activations + linear_quantize_weights",
+                "mode": "linear_symmetric",
+                "dtype": "int8",
+            },
             needs_calibration=True,
             needs_macos=True,
         ),
@@ -154,13 +165,17 @@ def _calibration_sources(value: Any) -> tuple[Path, ...]:
     items = [Path(v) for v in ([value] if isinstance(value, (str, Path)) else list(value))]
     for item in items:
         if not item.exists():
-            raise UsageError(f"calibration path {item} does not exist: expected a .npz from `edgeclip calibrate`, "
-                             f"image files or a folder of them")
+            raise UsageError(
+                f"calibration path {item} does not exist: expected a .npz from `edgeclip calibrate`, "
+                f"image files or a folder of them"
+            )
     sets = [item for item in items if item.suffix == ".npz"]
     if sets and len(items) > 1:
         others = len(items) - 1
-        raise UsageError(f"calibration {sets[0]} is a calibration set: pass it alone, not with {others} other "
-                         f"path{'s' if others > 1 else ''}")
+        raise UsageError(
+            f"calibration {sets[0]} is a calibration set: pass it alone, not with {others} other "
+            f"path{'s' if others > 1 else ''}"
+        )
     if sets:
         return (sets[0],)
     images = tuple(expand_image_paths(items))
@@ -181,7 +196,8 @@ def parse_options(target_options: dict[str, Any]) -> CoreMLOptions:
         compress=compress,
         image_input=_choice("image_input", target_options.get("image_input") or IMAGE_INPUTS[0], IMAGE_INPUTS),
         deployment_target=_choice(
-            "deployment_target", target_options.get("deployment_target") or DEFAULT_DEPLOYMENT_TARGET,
+            "deployment_target",
+            target_options.get("deployment_target") or DEFAULT_DEPLOYMENT_TARGET,
             DEPLOYMENT_TARGETS,
         ),
         calibration=_calibration_sources(target_options.get("calibration")),
@@ -196,8 +212,10 @@ def validate_options(options: ExportOptions) -> ExportOptions:
     if comp is None:
         return options
     if comp.needs_calibration and not opts.calibration:
-        raise UsageError(f"--compress {comp.name} needs calibration images: pass --calibration calib.npz "
-                         f"(from `edgeclip calibrate`) or a FOLDER of images")
+        raise UsageError(
+            f"--compress {comp.name} needs calibration images: pass --calibration calib.npz "
+            f"(from `edgeclip calibrate`) or a FOLDER of images"
+        )
     if opts.calibration and opts.calibration[0].suffix == ".npz":
         from edgeclip.calibration import load_calibration_set
 
@@ -514,8 +532,7 @@ def _calibration_samples(plan: _Plan, pixels: np.ndarray, encoders: Encoders) ->
     return [{plan.input_name: pixels[i : i + 1]} for i in range(len(pixels))]
 
 
-def _calibrated(ct, mlmodel, plan: _Plan, opts: CoreMLOptions, calib: _Calibration, encoders: Encoders,
-                scratch: Path):
+def _calibrated(ct, mlmodel, plan: _Plan, opts: CoreMLOptions, calib: _Calibration, encoders: Encoders, scratch: Path):
     """W8A8: activations calibrated on the user's images, then int8 weights; on a Mac, where the model can run."""
     import shutil
 
@@ -603,8 +620,9 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
         # w8a8's image encoder is converted in float, then calibrated; everything else is compressed while
         # converting. The text encoder has no calibration data: under w8a8 it gets int8 weights.
         calibrate = opts.compression is not None and opts.compression.needs_calibration and plan.role == "image"
-        mlmodel = _convert(ct, plan, program, options.precision, opts.deployment_target,
-                           None if calibrate else opts.compress)
+        mlmodel = _convert(
+            ct, plan, program, options.precision, opts.deployment_target, None if calibrate else opts.compress
+        )
         if calibrate:
             mlmodel = _calibrated(ct, mlmodel, plan, opts, calib, encoders, out_dir / ".image_float.mlpackage")
         _describe(mlmodel, plan, encoders, opts, options.precision, embed_dim)

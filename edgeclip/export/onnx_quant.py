@@ -67,8 +67,9 @@ def parse_options(precision: str, options: dict[str, object]) -> PrecisionReques
     calibration = options.get("calibration")
     if isinstance(calibration, (list, tuple)):
         if len(calibration) != 1:
-            raise UsageError(f"the onnx target takes one --calibration (a .npz, folder or captions file), got "
-                             f"{len(calibration)}")
+            raise UsageError(
+                f"the onnx target takes one --calibration (a .npz, folder or captions file), got {len(calibration)}"
+            )
         calibration = calibration[0]
     dynamic = bool(options.get("dynamic", False))
     auto_exclude = bool(options.get("auto_exclude", False))
@@ -85,8 +86,10 @@ def parse_options(precision: str, options: dict[str, object]) -> PrecisionReques
         if given:
             raise UsageError(f"option {given[0]!r} only applies to --precision int8 (got --precision {precision})")
     elif calibration is None and not dynamic:
-        raise UsageError("--precision int8 needs --calibration (a .npz from `edgeclip calibrate`, or a folder of "
-                         "images), or --dynamic for dynamic int8 without calibration")
+        raise UsageError(
+            "--precision int8 needs --calibration (a .npz from `edgeclip calibrate`, or a folder of "
+            "images), or --dynamic for dynamic int8 without calibration"
+        )
     elif calibration is not None and dynamic:
         raise UsageError("--dynamic quantizes without calibration: drop --calibration, or drop --dynamic")
     if auto_exclude and dynamic:
@@ -96,13 +99,16 @@ def parse_options(precision: str, options: dict[str, object]) -> PrecisionReques
         if text_int8 not in TEXT_INT8_MODES:
             raise UsageError(f"--text-int8 is {text_int8!r}: expected one of {', '.join(TEXT_INT8_MODES)}")
         if precision != "int8" or dynamic:
-            raise UsageError("--text-int8 chooses how static int8 (--precision int8 --calibration) quantizes the "
-                             "text encoder; it does not apply here")
+            raise UsageError(
+                "--text-int8 chooses how static int8 (--precision int8 --calibration) quantizes the "
+                "text encoder; it does not apply here"
+            )
     if calibration is not None and not isinstance(calibration, CalibrationSet):
         path = Path(str(calibration))
         if not path.exists():
-            raise UsageError(f"calibration {path} does not exist: expected a .npz, a folder of images or a captions "
-                             "file")
+            raise UsageError(
+                f"calibration {path} does not exist: expected a .npz, a folder of images or a captions file"
+            )
         calibration = path
     return PrecisionRequest(precision, calibration, method, auto_exclude, dynamic, drop, text_int8 or "dynamic")
 
@@ -202,8 +208,14 @@ FEED_FOR = {"image": "image_feeds", "text": "text_feeds"}
 
 
 def _auto_exclude(
-    fp32: tuple[Path, Path], out: tuple[Path, Path], nodes: dict[str, list[str]], inputs: GateInputs, method: str,
-    gate, step, roles: tuple[str, ...] = ROLES,
+    fp32: tuple[Path, Path],
+    out: tuple[Path, Path],
+    nodes: dict[str, list[str]],
+    inputs: GateInputs,
+    method: str,
+    gate,
+    step,
+    roles: tuple[str, ...] = ROLES,
 ) -> dict[str, list[str]]:
     """Per encoder over the limit: re-quantize with its most sensitive nodes in float, a tenth more per round."""
     from edgeclip.export.quantize import preprocess_for_quantization
@@ -228,8 +240,9 @@ def _auto_exclude(
                 step(f"auto-exclude: {role} mean cosine {getattr(report, role).mean_cosine:.4f}")
                 sqnr = sensitivity(pre, out[i], batches[:SENSITIVITY_INPUTS])
                 excluded[role] += _worst_nodes(pre, live, sqnr, step_size)
-                quantize_static_int8(fp32[i], out[i], batches, recipe=RECIPE_FOR[role], method=method,
-                                     exclude=excluded[role])
+                quantize_static_int8(
+                    fp32[i], out[i], batches, recipe=RECIPE_FOR[role], method=method, exclude=excluded[role]
+                )
                 report = gate()
     return excluded
 
@@ -254,8 +267,9 @@ def lower_precision(
     drop = request.max_cosine_drop
 
     def gate() -> GateReport:
-        return measure_gate(fp32, out, inputs.pixels, inputs.texts, inputs.label_tokens, labels=inputs.labels,
-                            max_cosine_drop=drop)
+        return measure_gate(
+            fp32, out, inputs.pixels, inputs.texts, inputs.label_tokens, labels=inputs.labels, max_cosine_drop=drop
+        )
 
     if request.precision == "fp16":
         for src, dst in zip(fp32, out, strict=True):
@@ -270,9 +284,11 @@ def lower_precision(
             raise UsageError("static int8 needs a calibration set")
         static = request.static_roles()
         nodes = {
-            role: quantize_static_int8(fp32[i], out[i], getattr(inputs, FEED_FOR[role]), recipe=RECIPE_FOR[role],
-                                       method=request.method)
-            for i, role in enumerate(ROLES) if role in static
+            role: quantize_static_int8(
+                fp32[i], out[i], getattr(inputs, FEED_FOR[role]), recipe=RECIPE_FOR[role], method=request.method
+            )
+            for i, role in enumerate(ROLES)
+            if role in static
         }
         for i, role in enumerate(ROLES):
             if role not in static:

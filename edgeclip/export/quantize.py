@@ -80,8 +80,11 @@ def _conv_residual_add(node, graph: GraphIndex) -> bool:
 
 def _conv_chain(node, graph: GraphIndex) -> bool:
     """1x1 and depthwise convs, linear MatMul/Gemm and conv residual Adds: what keeps a FastViT block int8."""
-    return (_conv_kind(node, graph) in ("pointwise", "depthwise") or linear_matmul(node, graph)
-            or _conv_residual_add(node, graph))
+    return (
+        _conv_kind(node, graph) in ("pointwise", "depthwise")
+        or linear_matmul(node, graph)
+        or _conv_residual_add(node, graph)
+    )
 
 
 @dataclass(frozen=True)
@@ -134,15 +137,35 @@ def register_recipe(recipe: QuantRecipe) -> QuantRecipe:
     return recipe
 
 
-register_recipe(QuantRecipe("default", "ONNX Runtime's quantize_static defaults (every op, per-tensor, S8S8)", None,
-                            per_channel=False, activation_type="int8"))
-register_recipe(QuantRecipe("edgeclip-image", "1x1 and depthwise Conv, linear MatMul/Gemm and residual Add, U8S8, "
-                            "per-channel symmetric weights, uint8 quick GELU between int8 convs (tanh GELU elsewhere)",
-                            ("Conv", "MatMul", "Gemm", "Add"), _conv_chain, gelu="quick"))
+register_recipe(
+    QuantRecipe(
+        "default",
+        "ONNX Runtime's quantize_static defaults (every op, per-tensor, S8S8)",
+        None,
+        per_channel=False,
+        activation_type="int8",
+    )
+)
+register_recipe(
+    QuantRecipe(
+        "edgeclip-image",
+        "1x1 and depthwise Conv, linear MatMul/Gemm and residual Add, U8S8, "
+        "per-channel symmetric weights, uint8 quick GELU between int8 convs (tanh GELU elsewhere)",
+        ("Conv", "MatMul", "Gemm", "Add"),
+        _conv_chain,
+        gelu="quick",
+    )
+)
 # Text tower (a transformer: MatMul/Gemm and attention): MatMul weights int8, activations U8; LayerNorm, Softmax,
 # GELU and residual adds float.
-register_recipe(QuantRecipe("edgeclip-text", "linear MatMul/Gemm only, U8S8, per-channel symmetric weights",
-                            ("MatMul", "Gemm"), linear_matmul))
+register_recipe(
+    QuantRecipe(
+        "edgeclip-text",
+        "linear MatMul/Gemm only, U8S8, per-channel symmetric weights",
+        ("MatMul", "Gemm"),
+        linear_matmul,
+    )
+)
 
 # Ops kept in float32 by the fp16 conversion: reductions and exponentials that overflow or lose range in fp16
 # (LayerNorm's variance, Softmax's exp, L2 normalization's sum of squares and division).
@@ -186,8 +209,11 @@ def calibration_arguments(
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     calibrate_method = methods[check_method(method)]
     if method == "minmax":  # ReduceMin/ReduceMax inside the graph: a few scalars per batch
         return {"calibrate_method": calibrate_method}
@@ -252,7 +278,7 @@ def quantized_nodes(model_path: Path, recipe: QuantRecipe, exclude: Iterable[str
         for n in model.graph.node
         if (recipe.op_types is None or n.op_type in recipe.op_types) and recipe.select(n, graph)
     ]  # ONNX graphs are topologically sorted, so graph order is the order the data flows in
-    return [name for name in selected[recipe.float_first:] if name not in skip]
+    return [name for name in selected[recipe.float_first :] if name not in skip]
 
 
 def quantize_static_int8(
@@ -308,8 +334,9 @@ def quantize_dynamic_int8(src: Path, dst: Path, *, op_types: tuple[str, ...] = (
 
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess_for_quantization(Path(src), Path(tmp) / "pre.onnx")
-        quantize_dynamic(str(pre), str(dst), op_types_to_quantize=list(op_types), per_channel=False,
-                         weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(pre), str(dst), op_types_to_quantize=list(op_types), per_channel=False, weight_type=QuantType.QInt8
+        )
 
 
 def convert_fp16(src: Path, dst: Path, keep_float: tuple[str, ...] = FP16_KEEP_FLOAT) -> None:
@@ -338,8 +365,11 @@ def convert_fp16(src: Path, dst: Path, keep_float: tuple[str, ...] = FP16_KEEP_F
         elif np.isfinite(float(clamp[1])) and abs(float(clamp[2])) >= 1.0:
             clamped += 1
     if clamped:
-        warnings.warn(f"fp16: {clamped} weight tensors of {src.name} hold values beyond +-1e4 and were "
-                      "clamped; the accuracy gate measures what that costs", stacklevel=2)
+        warnings.warn(
+            f"fp16: {clamped} weight tensors of {src.name} hold values beyond +-1e4 and were "
+            "clamped; the accuracy gate measures what that costs",
+            stacklevel=2,
+        )
     _float32_outputs(converted, float_outputs)
     onnx.save(converted, str(dst))
     onnx.checker.check_model(str(dst))
@@ -428,8 +458,9 @@ def fuse_gelu(model, form: str = "exact") -> int:
         if not close(next((i for i in half.input if i != mul.output[0]), None), 0.5):
             continue
         dropped |= {id(div), id(erf), id(add), id(mul)}
-        replaced[id(half)] = helper.make_node(GELU_OPS[form], [x], [half.output[0]], name=f"{erf.name}_gelu",
-                                              domain="com.microsoft")
+        replaced[id(half)] = helper.make_node(
+            GELU_OPS[form], [x], [half.output[0]], name=f"{erf.name}_gelu", domain="com.microsoft"
+        )
     nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in dropped]
     del graph.node[:]
     graph.node.extend(nodes)

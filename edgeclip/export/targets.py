@@ -59,9 +59,7 @@ class Target:
             accepted = ", ".join(self.spec.options) or "none"
             close = difflib.get_close_matches(unknown[0], self.spec.options, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(
-                f"target {self.spec.name!r} has no option {unknown[0]!r}: it accepts {accepted}{hint}"
-            )
+            raise UsageError(f"target {self.spec.name!r} has no option {unknown[0]!r}: it accepts {accepted}{hint}")
         return self.validate(options) if self.validate is not None else options
 
 

@@ -74,18 +74,29 @@ def parse_options(precision: str, options: dict[str, Any]) -> TensorRTOptions:
     max_batch = _whole("max_batch", options.get("max_batch", DEFAULT_MAX_BATCH), 1, MAX_BATCH_LIMIT)
     opt_batch = _whole("opt_batch", options.get("opt_batch", max(1, max_batch // 2)), 1, MAX_BATCH_LIMIT)
     if opt_batch > max_batch:
-        raise UsageError(f"tensorrt opt_batch {opt_batch} is larger than max_batch {max_batch}: expected 1 to "
-                         f"{max_batch}")
+        raise UsageError(
+            f"tensorrt opt_batch {opt_batch} is larger than max_batch {max_batch}: expected 1 to {max_batch}"
+        )
     workspace = _whole("workspace", options.get("workspace", DEFAULT_WORKSPACE_MIB), 16, 1 << 20)
     # The calibration options mean what they mean for the ONNX target (one parser, one set of messages).
     calib_options = {k: options[k] for k in ("calibration", "calibration_method") if options.get(k) is not None}
     if precision == "int8" and "calibration" not in calib_options:
-        raise UsageError("--target tensorrt --precision int8 needs --calibration (a .npz from `edgeclip calibrate`, "
-                         "or a folder of images): TensorRT int8 is a calibrated Q/DQ graph")
+        raise UsageError(
+            "--target tensorrt --precision int8 needs --calibration (a .npz from `edgeclip calibrate`, "
+            "or a folder of images): TensorRT int8 is a calibrated Q/DQ graph"
+        )
     request = parse_precision_options(precision, calib_options)
     cache = options.get("timing_cache")
-    return TensorRTOptions(precision, max_batch, opt_batch, workspace, request.calibration, request.method,
-                           bool(options.get("onnx_only", False)), Path(str(cache)) if cache else None)
+    return TensorRTOptions(
+        precision,
+        max_batch,
+        opt_batch,
+        workspace,
+        request.calibration,
+        request.method,
+        bool(options.get("onnx_only", False)),
+        Path(str(cache)) if cache else None,
+    )
 
 
 def validate_options(options: ExportOptions) -> ExportOptions:
@@ -116,8 +127,9 @@ class ReadyGraph:
     check: dict[str, Any]
 
 
-def prepare_onnx(fp32: EncoderFiles, fp32_dir: Path, ready_dir: Path, opts: TensorRTOptions, calib, spec,
-                 tokenizer) -> tuple[dict[str, ReadyGraph], dict[str, np.ndarray]]:
+def prepare_onnx(
+    fp32: EncoderFiles, fp32_dir: Path, ready_dir: Path, opts: TensorRTOptions, calib, spec, tokenizer
+) -> tuple[dict[str, ReadyGraph], dict[str, np.ndarray]]:
     """Write the fp16 or int8 Q/DQ graphs TensorRT builds from, each checked in ONNX Runtime against fp32.
 
     `calib` is the resolved CalibrationSet (int8) or None. Returns the graphs by role and the held-out inputs
@@ -145,8 +157,10 @@ def prepare_onnx(fp32: EncoderFiles, fp32_dir: Path, ready_dir: Path, opts: Tens
         feed = {file.inputs[0].name: samples[role]}
         report = compare(run_onnx_cpu(src, feed), run_onnx_cpu(dst, feed), "onnxruntime cpu, fp32 onnx export")
         if report.min_cosine < floor:
-            raise ExportError(f"the TensorRT-ready {opts.precision} {role} graph drifts from fp32 in ONNX Runtime: "
-                              f"min cosine {report.min_cosine:.5f} < {floor} over {report.samples} held-out inputs")
+            raise ExportError(
+                f"the TensorRT-ready {opts.precision} {role} graph drifts from fp32 in ONNX Runtime: "
+                f"min cosine {report.min_cosine:.5f} < {floor} over {report.samples} held-out inputs"
+            )
         check["vs_fp32_onnxruntime"] = report.to_dict()
         graphs[role] = ReadyGraph(role, dst, src, file.inputs[0], file.outputs[0], check)
     return graphs, {graphs[r].input.name: samples[r] for r in ROLES}
@@ -185,8 +199,9 @@ def build_engine(graph: ReadyGraph, engine_path: Path, opts: TensorRTOptions, ca
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed is None:
-        raise RuntimeUnavailable(f"TensorRT {trt.__version__} has no strongly typed networks: the tensorrt target "
-                                 "needs TensorRT 10 or later")
+        raise RuntimeUnavailable(
+            f"TensorRT {trt.__version__} has no strongly typed networks: the tensorrt target needs TensorRT 10 or later"
+        )
     network = builder.create_network(1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(graph.path)):
@@ -203,8 +218,10 @@ def build_engine(graph: ReadyGraph, engine_path: Path, opts: TensorRTOptions, ca
     config.set_timing_cache(cache, False)  # False: a cache from another device is refused
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise ExportError(f"TensorRT {trt.__version__} could not build the {graph.role} encoder engine "
-                          f"(max batch {opts.max_batch}, workspace {opts.workspace_mib} MiB): see its log above")
+        raise ExportError(
+            f"TensorRT {trt.__version__} could not build the {graph.role} encoder engine "
+            f"(max batch {opts.max_batch}, workspace {opts.workspace_mib} MiB): see its log above"
+        )
     engine_path.write_bytes(memoryview(plan))
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}")
@@ -243,8 +260,9 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         fp32_dir = Path(tmp) / "fp32"
         fp32 = onnx_target.export(encoders, fp32_dir, ExportOptions("onnx", "fp32", options.opset))
-        graphs, held_out = prepare_onnx(fp32, fp32_dir, Path(tmp) / "ready", opts, calib, encoders.preprocess,
-                                        tokenizer)
+        graphs, held_out = prepare_onnx(
+            fp32, fp32_dir, Path(tmp) / "ready", opts, calib, encoders.preprocess, tokenizer
+        )
         info: dict[str, Any] = {
             "onnx_stage": {role: g.check for role, g in graphs.items()},
             "opset": fp32.target_info.get("opset"),
@@ -258,15 +276,26 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
             info["trtexec"] = {role: trtexec_command(g, f"{role}_encoder.engine", opts) for role, g in graphs.items()}
         else:
             info.update(_build(graphs, held_out, out_dir, opts, files))
-    calibration = None if calib is None else {
-        "method": opts.calibration_method, "format": "QDQ (symmetric int8 activations and per-channel weights)",
-        "recipe": "tensorrt (edgeclip.export.trt_qdq)", "set": calib.describe(),
-    }
+    calibration = (
+        None
+        if calib is None
+        else {
+            "method": opts.calibration_method,
+            "format": "QDQ (symmetric int8 activations and per-channel weights)",
+            "recipe": "tensorrt (edgeclip.export.trt_qdq)",
+            "set": calib.describe(),
+        }
+    )
     return EncoderFiles(image=files["image"], text=files["text"], target_info=info, calibration=calibration)
 
 
-def _build(graphs: dict[str, ReadyGraph], held_out: dict[str, np.ndarray], out_dir: Path, opts: TensorRTOptions,
-           files: dict[str, EncoderFile]) -> dict[str, Any]:
+def _build(
+    graphs: dict[str, ReadyGraph],
+    held_out: dict[str, np.ndarray],
+    out_dir: Path,
+    opts: TensorRTOptions,
+    files: dict[str, EncoderFile],
+) -> dict[str, Any]:
     """Build both engines into `out_dir`, measure them against ONNX Runtime fp32, and return the manifest facts."""
     from edgeclip.runtimes.backends.tensorrt import device_facts
 
@@ -279,12 +308,22 @@ def _build(graphs: dict[str, ReadyGraph], held_out: dict[str, np.ndarray], out_d
         build_engine(g, engine, opts, cache)
         report = engine_parity(g, engine, held_out[g.input.name], "onnxruntime fp32 (cpu), same inputs")
         if report.min_cosine < floor:
-            raise ExportError(f"{role} engine parity failed: min cosine {report.min_cosine:.5f} to ONNX Runtime fp32 "
-                              f"< {floor} over {report.samples} inputs ({opts.precision})")
+            raise ExportError(
+                f"{role} engine parity failed: min cosine {report.min_cosine:.5f} to ONNX Runtime fp32 "
+                f"< {floor} over {report.samples} inputs ({opts.precision})"
+            )
         parity[role] = report.to_dict()
         files[role] = EncoderFile(engine.name, (g.input,), (g.output,))
-    record = TensorRTRecord(facts["tensorrt_version"], facts["gpu_name"], facts["compute_capability"],
-                            (1, opts.opt_batch, opts.max_batch), opts.workspace_mib)
-    return {"tensorrt": record.to_dict(), "stage": "engine", "parity_vs_onnxruntime_fp32": parity,
-            "timing_cache": cache.name}
-
+    record = TensorRTRecord(
+        facts["tensorrt_version"],
+        facts["gpu_name"],
+        facts["compute_capability"],
+        (1, opts.opt_batch, opts.max_batch),
+        opts.workspace_mib,
+    )
+    return {
+        "tensorrt": record.to_dict(),
+        "stage": "engine",
+        "parity_vs_onnxruntime_fp32": parity,
+        "timing_cache": cache.name,
+    }

@@ -108,8 +108,13 @@ class QdqCheck:
     domains: tuple[str, ...]
 
     def to_dict(self) -> dict[str, object]:
-        return {"quantize_linear": self.quantize, "dequantize_linear": self.dequantize, "weights": self.weights,
-                "per_channel_weights": self.per_channel_weights, "domains": list(self.domains)}
+        return {
+            "quantize_linear": self.quantize,
+            "dequantize_linear": self.dequantize,
+            "weights": self.weights,
+            "per_channel_weights": self.per_channel_weights,
+            "domains": list(self.domains),
+        }
 
 
 def check_tensorrt_qdq(path: Path) -> QdqCheck:
@@ -123,8 +128,10 @@ def check_tensorrt_qdq(path: Path) -> QdqCheck:
     foreign = sorted({n.domain for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
     if foreign:
         node = next(n for n in model.graph.node if n.domain in foreign)
-        raise ExportError(f"{where}: node {node.name} ({node.domain}.{node.op_type}) is not a standard ONNX op; "
-                          "TensorRT reads standard ops only")
+        raise ExportError(
+            f"{where}: node {node.name} ({node.domain}.{node.op_type}) is not a standard ONNX op; "
+            "TensorRT reads standard ops only"
+        )
     counts = {op: 0 for op in QDQ_OPS}
     weights = per_channel = 0
     for node in model.graph.node:
@@ -133,19 +140,28 @@ def check_tensorrt_qdq(path: Path) -> QdqCheck:
         counts[node.op_type] += 1
         zero = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if zero is None or zero.data_type != TensorProto.INT8 or np.any(numpy_helper.to_array(zero) != 0):
-            got = "none" if zero is None else (
-                f"{TensorProto.DataType.Name(zero.data_type)} {numpy_helper.to_array(zero).ravel()[:4]}"
+            got = (
+                "none"
+                if zero is None
+                else (f"{TensorProto.DataType.Name(zero.data_type)} {numpy_helper.to_array(zero).ravel()[:4]}")
             )
-            raise ExportError(f"{where}: {node.op_type} {node.name} has zero point {got}: TensorRT needs int8 0 "
-                              "(symmetric quantization)")
+            raise ExportError(
+                f"{where}: {node.op_type} {node.name} has zero point {got}: TensorRT needs int8 0 "
+                "(symmetric quantization)"
+            )
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             weights += 1
             scale = inits.get(node.input[1])
             per_channel += int(scale is not None and int(np.prod(scale.dims)) > 1)
     if counts["QuantizeLinear"] == 0:
         raise ExportError(f"{where} holds no QuantizeLinear: it is not an int8 Q/DQ graph")
-    return QdqCheck(counts["QuantizeLinear"], counts["DequantizeLinear"], weights, per_channel,
-                    tuple(sorted({n.domain or "ai.onnx" for n in model.graph.node})))
+    return QdqCheck(
+        counts["QuantizeLinear"],
+        counts["DequantizeLinear"],
+        weights,
+        per_channel,
+        tuple(sorted({n.domain or "ai.onnx" for n in model.graph.node})),
+    )
 
 
 def run_onnx_cpu(path: Path, inputs: Mapping[str, np.ndarray], batch: int = 8) -> np.ndarray:
@@ -156,6 +172,8 @@ def run_onnx_cpu(path: Path, inputs: Mapping[str, np.ndarray], batch: int = 8) -
     opts.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     n = len(next(iter(inputs.values())))
-    outs = [session.run(None, {k: np.ascontiguousarray(v[i : i + batch]) for k, v in inputs.items()})[0]
-            for i in range(0, n, batch)]
+    outs = [
+        session.run(None, {k: np.ascontiguousarray(v[i : i + batch]) for k, v in inputs.items()})[0]
+        for i in range(0, n, batch)
+    ]
     return np.concatenate(outs).astype(np.float32)

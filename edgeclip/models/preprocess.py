@@ -52,5 +52,3 @@ def preprocess_spec_for(
         spec = PreprocessSpec(**{**asdict(spec), **chosen})
         source += f", overridden: {', '.join(sorted(chosen))}"
     return spec, source
-
-

@@ -189,8 +189,10 @@ def read_shots_folder(folder: Path) -> dict[str, list[Path]]:
     """Labelled shots from `folder/<label>/*.jpg` (one subfolder per class, sorted by name)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"{folder}: {'does not exist' if not folder.exists() else 'is not a folder'}; "
-                         "expected a folder with one subfolder of images per class")
+        raise UsageError(
+            f"{folder}: {'does not exist' if not folder.exists() else 'is not a folder'}; "
+            "expected a folder with one subfolder of images per class"
+        )
     shots = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = list_images(sub)

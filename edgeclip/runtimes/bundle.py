@@ -178,8 +178,10 @@ class Bundle:
         for role, spec in self.manifest.encoders.items():
             actual = sha256_path(self.file(spec.file))
             if actual != spec.sha256:
-                raise BundleError(f"{self.path / spec.file}: sha256 {actual[:12]}… differs from the manifest's "
-                                  f"{spec.sha256[:12]}… ({role} encoder changed or corrupt)")
+                raise BundleError(
+                    f"{self.path / spec.file}: sha256 {actual[:12]}… differs from the manifest's "
+                    f"{spec.sha256[:12]}… ({role} encoder changed or corrupt)"
+                )
 
 
 def load_bundle(

@@ -221,8 +221,15 @@ def build_prompt_head(
     means = np.stack([emb[a:b].mean(axis=0) for a, b in zip([0, *ends[:-1]], ends, strict=True)])
     means = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
     return Head(
-        check_head_name(name), kind, labels, (), bundle.model_id, means.astype(np.float32),
-        groups=tuple(groups), positives=tuple(positives), prompts=tuple(lists),
+        check_head_name(name),
+        kind,
+        labels,
+        (),
+        bundle.model_id,
+        means.astype(np.float32),
+        groups=tuple(groups),
+        positives=tuple(positives),
+        prompts=tuple(lists),
     )
 
 

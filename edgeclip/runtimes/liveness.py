@@ -50,53 +50,89 @@ class Species:
 
 
 LIVENESS_SPECIES: tuple[Species, ...] = (
-    Species(BONA_FIDE, "a live person in front of the camera", (
-        "a photo of a real person's face",
-        "a live human face captured by a phone camera",
-        "a selfie of a real person with natural skin texture",
-    )),
-    Species("print", "a printed photograph held up to the camera", (
-        "a photo of a printed photograph of a face",
-        "a face printed on paper held in front of the camera",
-        "a paper print of a face with visible halftone dots",
-    )),
-    Species("screen_replay", "a still photo shown on a phone, tablet or monitor", (
-        "a photo of a face displayed on a phone screen",
-        "a face shown on a monitor with moiré patterns and screen glare",
-        "a picture of a screen showing a face, with a visible bezel",
-    )),
-    Species("video_replay", "a recorded video of the person replayed on a screen", (
-        "a video of a face replayed on a tablet screen",
-        "a blurry recording of a face played back on a display",
-    )),
-    Species("tampered_id", "an identity-document photo, or an ID card with a replaced photo", (
-        "a photo of an ID card with a face photo on it",
-        "an identity card whose photo has been replaced",
-    )),
-    Species("paper_mask", "a paper or 3D mask worn over the face", (
-        "a person wearing a paper mask of someone else's face",
-        "a face covered by a printed mask with eye holes",
-        "a 3D mask of a human face",
-    )),
-    Species("cutout", "a printed face with the eyes cut out, real eyes behind it", (
-        "a printed photo of a face with the eyes cut out",
-        "a paper cutout of a face held up with real eyes showing through holes",
-    )),
-    Species("low_light", "an attack presented in a dark room to hide its artefacts", (
-        "a very dark photo of a face taken in a dark room",
-        "a face on a glowing screen in a dark room",
-    )),
-    Species("digital_injection", "a synthetic or manipulated image injected into the camera stream", (
-        "a computer-generated image of a face",
-        "a deepfake image of a face",
-    )),
+    Species(
+        BONA_FIDE,
+        "a live person in front of the camera",
+        (
+            "a photo of a real person's face",
+            "a live human face captured by a phone camera",
+            "a selfie of a real person with natural skin texture",
+        ),
+    ),
+    Species(
+        "print",
+        "a printed photograph held up to the camera",
+        (
+            "a photo of a printed photograph of a face",
+            "a face printed on paper held in front of the camera",
+            "a paper print of a face with visible halftone dots",
+        ),
+    ),
+    Species(
+        "screen_replay",
+        "a still photo shown on a phone, tablet or monitor",
+        (
+            "a photo of a face displayed on a phone screen",
+            "a face shown on a monitor with moiré patterns and screen glare",
+            "a picture of a screen showing a face, with a visible bezel",
+        ),
+    ),
+    Species(
+        "video_replay",
+        "a recorded video of the person replayed on a screen",
+        (
+            "a video of a face replayed on a tablet screen",
+            "a blurry recording of a face played back on a display",
+        ),
+    ),
+    Species(
+        "tampered_id",
+        "an identity-document photo, or an ID card with a replaced photo",
+        (
+            "a photo of an ID card with a face photo on it",
+            "an identity card whose photo has been replaced",
+        ),
+    ),
+    Species(
+        "paper_mask",
+        "a paper or 3D mask worn over the face",
+        (
+            "a person wearing a paper mask of someone else's face",
+            "a face covered by a printed mask with eye holes",
+            "a 3D mask of a human face",
+        ),
+    ),
+    Species(
+        "cutout",
+        "a printed face with the eyes cut out, real eyes behind it",
+        (
+            "a printed photo of a face with the eyes cut out",
+            "a paper cutout of a face held up with real eyes showing through holes",
+        ),
+    ),
+    Species(
+        "low_light",
+        "an attack presented in a dark room to hide its artefacts",
+        (
+            "a very dark photo of a face taken in a dark room",
+            "a face on a glowing screen in a dark room",
+        ),
+    ),
+    Species(
+        "digital_injection",
+        "a synthetic or manipulated image injected into the camera stream",
+        (
+            "a computer-generated image of a face",
+            "a deepfake image of a face",
+        ),
+    ),
 )
 
 
 def species_from_mapping(data: Mapping[str, Any], where: str = "species") -> tuple[Species, ...]:
     """Species from `{"name": ["prompt", ...]}` or `{"name": {"description": ..., "prompts": [...]}}`."""
     if not isinstance(data, Mapping) or not data:
-        raise UsageError(f"{where} must map class names to prompt lists, e.g. {{\"bona_fide\": [\"a live face\"]}}")
+        raise UsageError(f'{where} must map class names to prompt lists, e.g. {{"bona_fide": ["a live face"]}}')
     out = []
     for name, value in data.items():
         entry = value if isinstance(value, Mapping) else {"prompts": value}
@@ -309,8 +345,10 @@ def read_eval_folder(folder: Path, bona_fide: str = BONA_FIDE) -> dict[str, dict
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"{folder}: {'does not exist' if not folder.exists() else 'is not a folder'}; "
-                         "expected dev/ and test/ folders, each with bona_fide/ and one folder per attack species")
+        raise UsageError(
+            f"{folder}: {'does not exist' if not folder.exists() else 'is not a folder'}; "
+            "expected dev/ and test/ folders, each with bona_fide/ and one folder per attack species"
+        )
     out: dict[str, dict[str, list[Path]]] = {}
     for split in SPLITS:
         root = folder / split
@@ -358,8 +396,9 @@ def evaluate_folder(
     from edgeclip.metrics.liveness import ScoreSet, evaluate
 
     splits = read_eval_folder(folder, bona_fide)
-    scored = {name: score_split(detector, species, skip_bad=skip_bad, progress=progress)
-              for name, species in splits.items()}
+    scored = {
+        name: score_split(detector, species, skip_bad=skip_bad, progress=progress) for name, species in splits.items()
+    }
     sets = {name: ScoreSet.from_labels(s.scores, s.species, bona_fide) for name, s in scored.items()}
     report = evaluate(sets["dev"], sets["test"], rule)
     return {

@@ -302,6 +302,8 @@ class TensorRTRecord:
         if tensorrt_version != self.tensorrt_version:
             return f"it was built with TensorRT {self.tensorrt_version}, and this is TensorRT {tensorrt_version}"
         if (gpu_name, compute_capability) != (self.gpu_name, self.compute_capability):
-            return (f"it was built for {self.gpu_name} (compute capability {self.compute_capability}), and this GPU is "
-                    f"{gpu_name} (compute capability {compute_capability})")
+            return (
+                f"it was built for {self.gpu_name} (compute capability {self.compute_capability}), and this GPU is "
+                f"{gpu_name} (compute capability {compute_capability})"
+            )
         return None

@@ -96,8 +96,13 @@ class QualityTrainConfig:
         for name, value, low in counts:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UsageError(f"{name} {value!r} is not allowed: expected an integer >= {low}")
-        weights = (("lr", self.lr), ("margin", self.margin), ("consistency weight", self.consistency_weight),
-                   ("anchor weight", self.anchor_weight), ("pooled weight", self.pooled_weight))
+        weights = (
+            ("lr", self.lr),
+            ("margin", self.margin),
+            ("consistency weight", self.consistency_weight),
+            ("anchor weight", self.anchor_weight),
+            ("pooled weight", self.pooled_weight),
+        )
         for name, value in weights:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise UsageError(f"{name} {value!r} is not allowed: expected a finite number >= 0")
@@ -317,8 +322,9 @@ def train_quality(
 
     rng = np.random.default_rng(config.seed)
     probe_rng = np.random.default_rng([config.seed, 1])
-    probe, probe_families = sample_batch(pool, replace(config, batch_size=max(config.batch_size, PROBE_IMAGES)),
-                                         size, probe_rng)
+    probe, probe_families = sample_batch(
+        pool, replace(config, batch_size=max(config.batch_size, PROBE_IMAGES)), size, probe_rng
+    )
     probe_x = _to_tensor(probe, spec.mean, spec.std).flatten(0, 2)
     probe_mask = _overall_only(probe_families, attributes)
 

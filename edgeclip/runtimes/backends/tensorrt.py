@@ -60,8 +60,11 @@ def device_facts(device: int = 0) -> dict[str, str]:
 
     prop = cuda_call(import_cudart().cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-    return {"tensorrt_version": trt.__version__, "gpu_name": name.rstrip("\x00").strip(),
-            "compute_capability": f"{prop.major}.{prop.minor}"}
+    return {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": name.rstrip("\x00").strip(),
+        "compute_capability": f"{prop.major}.{prop.minor}",
+    }
 
 
 def _recorded(path: Path) -> TensorRTRecord | None:
@@ -105,8 +108,9 @@ class TensorRTBackend:
         self.context = self.engine.create_execution_context()
         self.input = encoder.inputs[0].name
         self.output = encoder.outputs[0].name
-        self.dtypes = {name: np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-                       for name in (self.input, self.output)}
+        self.dtypes = {
+            name: np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))) for name in (self.input, self.output)
+        }
         self.max_batch = int(self.engine.get_tensor_profile_shape(self.input, 0)[2][0])
         self.stream = cuda_call(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._buffers: dict[str, tuple[int, int]] = {}  # tensor name -> (device pointer, bytes)
