@@ -136,13 +136,15 @@ def compare_results(old: BenchResult, new: BenchResult, fail_on: Sequence[Thresh
                 regressions.append(f"{entry.name}: top-1 {a * 100:.1f}% -> {b * 100:.1f}% beyond {hit}")
     old_names, new_names = {e.name for e in old.entries}, {e.name for e in new.entries}
     notes = []
-    for what, a, b in (
+    for what, old_value, new_value in (
         ("CPU", old.device.cpu_model, new.device.cpu_model),
         ("device", old.device.name, new.device.name),
         ("threads", old.settings.get("threads"), new.settings.get("threads")),
     ):
-        if a != b:
-            notes.append(f"the runs differ in {what}: {a} vs {b}; changes mix that difference with the code's")
+        if old_value != new_value:
+            notes.append(
+                f"the runs differ in {what}: {old_value} vs {new_value}; changes mix that difference with the code's"
+            )
     return Comparison(
         old.label,
         new.label,

@@ -55,7 +55,8 @@ def result_rows(result: BenchResult) -> tuple[list[str], list[list[str]], list[b
     batches = result.settings.get("batch_sizes") or [1]
     small, large = min(batches), max(batches)
     base = result.baseline
-    base_p50 = base.stats("image", small).p50_ms if base and base.stats("image", small) else None
+    base_stats = base.stats("image", small) if base else None
+    base_p50 = base_stats.p50_ms if base_stats else None
     header = [
         "Target",
         "Status",

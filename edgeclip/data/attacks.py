@@ -120,7 +120,9 @@ def _smooth_field(height: int, width: int, rng: np.random.Generator, cells: int 
     """A smooth random field in 0..1 (bicubic upsampling of a coarse random grid)."""
     coarse = (rng.random((cells, cells, channels)) * 255).astype(np.uint8)
     mode = "RGB" if channels == 3 else "L"
-    field = Image.fromarray(coarse if channels == 3 else coarse[..., 0], mode).resize((width, height), Image.BICUBIC)
+    field = Image.fromarray(coarse if channels == 3 else coarse[..., 0], mode).resize(
+        (width, height), Image.Resampling.BICUBIC
+    )
     out = np.asarray(field, dtype=np.float32) / 255.0
     return out if channels == 3 else out[..., None]
 
@@ -136,10 +138,10 @@ def _place(content: np.ndarray, background: np.ndarray, scale: float, angle: flo
     """Paste `content` scaled and rotated about the centre onto `background`; returns the scene and the mask."""
     height, width = background.shape[:2]
     w, h = max(2, int(width * scale)), max(2, int(height * scale))
-    sheet = _to_pil(content).resize((w, h), Image.BICUBIC)
+    sheet = _to_pil(content).resize((w, h), Image.Resampling.BICUBIC)
     mask = Image.new("L", (w, h), 255)
-    sheet = sheet.rotate(angle, resample=Image.BICUBIC, expand=True)
-    mask = mask.rotate(angle, resample=Image.BICUBIC, expand=True)
+    sheet = sheet.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
     jitter = rng.integers(-max(1, width // 40), max(1, width // 40) + 1, 2)
     left = (width - sheet.width) // 2 + int(jitter[0])
     top = (height - sheet.height) // 2 + int(jitter[1])
@@ -199,7 +201,7 @@ def _printed(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     margin = max(2, int(0.04 * min(height, width)))
     paper = np.full((height + 2 * margin, width + 2 * margin, 3), 0.9, np.float32) * np.asarray((1.0, 0.98, 0.9))
     paper[margin:-margin, margin:-margin] = sheet
-    return _from_pil(_to_pil(paper).resize((width, height), Image.BICUBIC))
+    return _from_pil(_to_pil(paper).resize((width, height), Image.Resampling.BICUBIC))
 
 
 def _screen(pixels: np.ndarray, rng: np.random.Generator, glare: bool = True) -> np.ndarray:
@@ -242,7 +244,7 @@ def _in_bezel(display: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     shade = int(tone * 255)
     draw.rounded_rectangle((0, 0, frame.width - 1, frame.height - 1), radius=border * 2, fill=(shade,) * 3)
     frame.paste(_to_pil(display), (border, border))
-    return _from_pil(frame.resize((width, height), Image.BICUBIC))
+    return _from_pil(frame.resize((width, height), Image.Resampling.BICUBIC))
 
 
 def _eye_centres(box: FaceBox) -> list[tuple[float, float]]:
@@ -313,8 +315,8 @@ def _mask_attack(pixels: np.ndarray, box: FaceBox, rng: np.random.Generator) -> 
     height, width = pixels.shape[:2]
     x, y, w, h = box
     levels = int(rng.integers(4, 7))
-    flat = _to_pil(_gamut_compress(pixels, 0.1, 0.9, 0.7, (1.0, 0.97, 0.92))).filter(ImageFilter.MedianFilter(5))
-    flat = _from_pil(flat.quantize(levels, dither=Image.Dither.NONE).convert("RGB"))
+    flat_image = _to_pil(_gamut_compress(pixels, 0.1, 0.9, 0.7, (1.0, 0.97, 0.92))).filter(ImageFilter.MedianFilter(5))
+    flat = _from_pil(flat_image.quantize(levels, dither=Image.Dither.NONE).convert("RGB"))
     flat = np.clip(flat + rng.normal(0, 0.03, (height, width, 1)).astype(np.float32), 0, 1)
     region = Image.new("L", (width, height), 0)
     pad_x, pad_y = 0.08 * w, 0.1 * h
@@ -352,7 +354,7 @@ def _id_attack(pixels: np.ndarray, box: FaceBox, rng: np.random.Generator) -> np
         min(width, int(x + (1 + grow) * w)),
         min(height, int(y + (1 + grow) * h)),
     )
-    photo = _to_pil(pixels).crop(crop).resize((photo_w, photo_h), Image.BICUBIC)
+    photo = _to_pil(pixels).crop(crop).resize((photo_w, photo_h), Image.Resampling.BICUBIC)
     top = (card_h - photo_h) // 2
     card_img.paste(photo, (margin, top))
     for i in range(5):

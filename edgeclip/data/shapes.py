@@ -234,6 +234,7 @@ def _tone(rng: np.random.Generator, fill: np.ndarray, other: np.ndarray | None) 
     """A greyish tone at least _MIN_CONTRAST from ``fill`` (and visibly apart from ``other``)."""
     fill_rgb = fill.tolist()
     other_rgb = None if other is None else other.tolist()
+    grey: float
     for u in rng.random((16, 4)).tolist():
         grey = 30 + int(u[0] * 196)
         tone = [min(255, max(0, grey + int(v * 51) - 25)) for v in u[1:]]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgeclip.errors import UsageError
 
@@ -35,7 +36,7 @@ class ScoreSet:
     attacks: dict[str, np.ndarray]
 
     @classmethod
-    def from_labels(cls, scores: Sequence[float], species: Sequence[str], bona_fide: str = BONA_FIDE) -> ScoreSet:
+    def from_labels(cls, scores: ArrayLike, species: Sequence[str], bona_fide: str = BONA_FIDE) -> ScoreSet:
         """Split flat (score, species label) pairs into bona fide and per-species attack scores."""
         values = np.asarray(scores, dtype=np.float64)
         names = np.asarray(species, dtype=str)

@@ -8,16 +8,16 @@ f(x) = (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2) uses scipy.optimize.curve_f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edgeclip.errors import RuntimeUnavailable, UsageError
 from edgeclip.metrics.liveness import average_ranks
 
 
-def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(x, dtype=np.float64).ravel()
     b = np.asarray(y, dtype=np.float64).ravel()
     if a.size != b.size:
@@ -29,7 +29,7 @@ def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarra
     return a, b
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+def pearson(x: ArrayLike, y: ArrayLike) -> float:
     """Pearson's linear correlation; 0 where either side is constant."""
     a, b = _pair(x, y)
     a = a - a.mean()
@@ -38,7 +38,7 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def srcc(x: Sequence[float], y: Sequence[float]) -> float:
+def srcc(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman's rank correlation: Pearson on tie-averaged ranks."""
     a, b = _pair(x, y)
     return pearson(average_ranks(a), average_ranks(b))
@@ -59,7 +59,7 @@ class LogisticFit:
         return np.asarray(x, dtype=np.float64) if self.params is None else logistic4(np.asarray(x), *self.params)
 
 
-def fit_logistic4(pred: Sequence[float], mos: Sequence[float]) -> LogisticFit:
+def fit_logistic4(pred: ArrayLike, mos: ArrayLike) -> LogisticFit:
     """Least-squares fit of the 4-parameter logistic from predictions to opinion scores (scipy)."""
     a, b = _pair(pred, mos)
     try:
@@ -74,10 +74,11 @@ def fit_logistic4(pred: Sequence[float], mos: Sequence[float]) -> LogisticFit:
         return LogisticFit(None)
     if not np.isfinite(params).all():
         return LogisticFit(None)
-    return LogisticFit(tuple(float(p) for p in params))
+    b1, b2, b3, b4 = (float(p) for p in params)
+    return LogisticFit((b1, b2, b3, b4))
 
 
-def plcc(pred: Sequence[float], mos: Sequence[float], *, logistic: bool = True) -> float:
+def plcc(pred: ArrayLike, mos: ArrayLike, *, logistic: bool = True) -> float:
     """Pearson between opinion scores and predictions, after the 4-parameter logistic fit unless logistic=False."""
     a, b = _pair(pred, mos)
     return pearson(fit_logistic4(a, b)(a) if logistic else a, b)

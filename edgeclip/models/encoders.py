@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeclip.models.loading import ClipModel
+
 
 class ImageEncoder(nn.Module):
     """`pixels [B, 3, H, W] float32 -> embeddings [B, D]`, L2-normalized."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: ClipModel) -> None:
         super().__init__()
         self.visual = clip.visual
 
@@ -21,7 +23,7 @@ class ImageEncoder(nn.Module):
 class TextEncoder(nn.Module):
     """`token_ids [B, context_length] int -> embeddings [B, D]`, L2-normalized."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: ClipModel) -> None:
         super().__init__()
         self.clip = clip
 

@@ -8,11 +8,26 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from edgeclip.errors import ModelError, UsageError
+
+if TYPE_CHECKING:
+
+    class ClipModel(nn.Module):
+        """What edgeclip uses of an open_clip CLIP-family model (CLIP, CustomTextCLIP, CoCa): open_clip has no types."""
+
+        visual: nn.Module
+        logit_scale: nn.Parameter
+
+        def encode_image(self, image: torch.Tensor, normalize: bool = ...) -> torch.Tensor: ...
+        def encode_text(self, text: torch.Tensor, normalize: bool = ...) -> torch.Tensor: ...
+
+else:
+    ClipModel = nn.Module
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _HUB_HOST = "huggingface.co"
@@ -22,7 +37,7 @@ _HUB_HOST = "huggingface.co"
 class LoadedModel:
     """An open_clip model in eval mode with where its weights came from."""
 
-    model: nn.Module
+    model: ClipModel
     architecture: str
     pretrained: str | None
     checkpoint_sha256: str | None
@@ -79,6 +94,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"checkpoint {path} is not a file")
     if path.stat().st_size == 0:
         raise ModelError(f"checkpoint {path} is empty (0 bytes)")
+    data: object  # what the file holds, checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -101,7 +117,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
-def _fit_to_model(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _fit_to_model(model: ClipModel, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """open_clip's own conversions for older and third-party layouts, so any checkpoint it loads we load."""
     from open_clip.factory import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
@@ -116,7 +132,7 @@ def _fit_to_model(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict
     return state_dict
 
 
-def load_weights(model: nn.Module, path: Path, architecture: str) -> None:
+def load_weights(model: ClipModel, path: Path, architecture: str) -> None:
     """Load a local checkpoint into `model`, refusing one that does not fit the architecture."""
     state_dict = _fit_to_model(model, read_state_dict(path))
     expected = model.state_dict()
@@ -153,7 +169,7 @@ class _DropRandomInitNotice(logging.Filter):
         return not record.getMessage().startswith("No pretrained weights loaded for model")
 
 
-def _unweighted(architecture: str) -> nn.Module:
+def _unweighted(architecture: str) -> ClipModel:
     """open_clip's model without weights, minus its root-logger notice that it is random.
 
     edgeclip either loads the checkpoint into it next or was asked for random weights, and says so itself.
@@ -177,17 +193,17 @@ def load_model(
     architecture = check_architecture(architecture)
     if random_init and pretrained:
         raise UsageError("--random-init and --pretrained exclude each other: give one")
-    if not random_init and not pretrained:
-        raise UsageError(
-            "no weights given: pass --pretrained FILE (a .safetensors/.pt checkpoint), a pretrained tag, "
-            "or --random-init for random weights on purpose"
-        )
     checkpoint_sha = None
     if random_init:
         # Seeded inside a forked RNG so that random weights are reproducible and the caller's RNG is untouched.
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = _unweighted(architecture)
+    elif not pretrained:
+        raise UsageError(
+            "no weights given: pass --pretrained FILE (a .safetensors/.pt checkpoint), a pretrained tag, "
+            "or --random-init for random weights on purpose"
+        )
     elif _looks_like_file(pretrained):
         path = Path(pretrained)
         model = _unweighted(architecture)

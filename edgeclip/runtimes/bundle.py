@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from edgeclip.runtimes.heads import HEADS_DIR, Head, check_head_name
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest
 from edgeclip.runtimes.preprocess import preprocess
 from edgeclip.runtimes.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -48,7 +52,7 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def _progress(total: int, enabled: bool, desc: str) -> tqdm[Any]:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="item", leave=False)
@@ -111,7 +115,8 @@ class Bundle:
         self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = 32, progress: bool = False
     ) -> np.ndarray:
         """L2-normalized image embeddings [N, D] for paths, PIL images or uint8 arrays, in batches."""
-        items = [images] if not isinstance(images, (list, tuple)) else list(images)
+        # Anything but a list or tuple is one image (a str path is a Sequence too).
+        items = cast("list[ImageLike]", [images] if not isinstance(images, (list, tuple)) else list(images))
         out = np.empty((len(items), self.embed_dim), dtype=np.float32)
         with _progress(len(items), progress, "images") as bar:
             for s in _batches(len(items), batch_size):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
@@ -85,7 +86,7 @@ def get_face_detector(name: str = "haar", min_size: int = DEFAULT_MIN_FACE) -> F
     return _DETECTORS[name](min_size)
 
 
-def _import_cv2():
+def _import_cv2() -> ModuleType:
     try:
         import cv2
     except ImportError:
@@ -120,7 +121,7 @@ class HaarFaceDetector:
         cv2 = self._cv2
         width, height = image.size
         scale = min(1.0, max(_DETECT_MAX_SIDE / max(width, height), _HAAR_WINDOW / self.min_size))
-        small = image if scale == 1.0 else image.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
+        small = image if scale == 1.0 else image.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR)
         grey = cv2.equalizeHist(np.asarray(small.convert("L")))
         side = max(1, round(self.min_size * scale))
         found = self._cascade.detectMultiScale(

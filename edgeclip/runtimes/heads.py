@@ -6,10 +6,10 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -94,8 +94,7 @@ class Head:
         if (self.adapter_weight is None) != (self.adapter_bias is None):
             return "an adapter needs both a weight and a bias"
         weight, bias = self.adapter_weight, self.adapter_bias
-        fits = weight is None or bias is None or (weight.shape == self.embeddings.shape and bias.shape == (count,))
-        if not fits:
+        if weight is not None and bias is not None and (weight.shape, bias.shape) != (self.embeddings.shape, (count,)):
             return f"adapter weight {weight.shape} and bias {bias.shape} do not fit embeddings {self.embeddings.shape}"
         return None
 
@@ -127,7 +126,7 @@ class Head:
     def save(self, path: Path) -> Path:
         """Write the head as .npz through a temporary file, so a crash never leaves half a head."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {
+        arrays: dict[str, Any] = {
             "format_version": np.array(HEAD_FORMAT_VERSION),
             "name": np.array(self.name),
             "kind": np.array(self.kind),
@@ -173,7 +172,7 @@ class Head:
                         raise ValueError(f"{len(flat)} prompts but prompt_counts sum to {ends[-1] if ends else 0}")
                     prompts = tuple(tuple(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True))
                 has_adapter = "adapter_weight" in data
-                fields = dict(
+                fields: dict[str, Any] = dict(
                     name=str(data["name"]),
                     kind=str(data["kind"]),
                     labels=tuple(str(x) for x in data["labels"]),
@@ -201,7 +200,7 @@ def build_prompt_head(
     bundle: Bundle,
     name: str,
     kind: str,
-    prompts: dict[str, Sequence[str]],
+    prompts: Mapping[str, Sequence[str]],
     *,
     groups: Sequence[str] = (),
     positives: Sequence[str] = (),

@@ -296,6 +296,7 @@ class LivenessDetector:
                 chunk = images[start : start + batch_size]
                 found: list[tuple[str, Image.Image | None, list[FaceBox], str | None]] = []
                 crops: list[Image.Image] = []
+                rgb: Image.Image | None
                 for image in chunk:
                     try:
                         rgb, boxes = self.detect(image)

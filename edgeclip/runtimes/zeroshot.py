@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from edgeclip.errors import ImageError, UsageError
 from edgeclip.runtimes.bundle import Bundle
 from edgeclip.runtimes.heads import Head, check_head_name, check_labels
 from edgeclip.runtimes.templates import resolve_templates
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -130,7 +134,7 @@ class ZeroShotClassifier:
         with tqdm(total=len(images), disable=not progress, desc="classify", unit="img", leave=False) as bar:
             for start in range(0, len(images), batch_size):
                 chunk = images[start : start + batch_size]
-                decoded: dict[int, object] = {}
+                decoded: dict[int, Image.Image | ImageError] = {}
                 for i, image in enumerate(chunk):
                     try:
                         decoded[i] = load_image(image)
@@ -138,11 +142,11 @@ class ZeroShotClassifier:
                         if not skip_bad:
                             raise
                         decoded[i] = e
-                good = [i for i, d in decoded.items() if not isinstance(d, ImageError)]
-                probs = self.probabilities([decoded[i] for i in good]) if good else None
+                good = {i: d for i, d in decoded.items() if not isinstance(d, ImageError)}
+                probs = self.probabilities(list(good.values())) if good else None
                 rows = {i: row for row, i in enumerate(good)}
                 for i, image in enumerate(chunk):
-                    if i in rows:
+                    if probs is not None and i in rows:
                         predictions.append(Prediction(_describe(image), self._rank(probs[rows[i]], top_k)))
                     else:
                         predictions.append(Prediction(_describe(image), (), str(decoded[i])))

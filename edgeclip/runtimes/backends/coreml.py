@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeclip.errors import BundleError, RuntimeUnavailable, UsageError
 from edgeclip.runtimes.backends import RuntimeOptions, register_backend
-from edgeclip.runtimes.manifest import EncoderSpec
+from edgeclip.runtimes.manifest import EncoderSpec, TensorSpec
 
 METADATA_PREFIX = "edgeclip."
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
@@ -57,6 +57,15 @@ def _batch_pieces(n: int, batch: Mapping[str, Any]) -> list[tuple[int, int, int]
 @register_backend("coreml", targets=("coreml",))
 class CoreMLBackend:
     """One CoreML model over one `.mlpackage`; RuntimeOptions.providers picks compute units (default ALL)."""
+
+    # Declared here: mypy, checking for Linux, reads __init__ past its non-darwin raise as unreachable.
+    model: Any  # coremltools.models.MLModel
+    input: TensorSpec
+    output_name: str
+    batch: dict[str, Any]
+    pixels: bool
+    mean: Sequence[float]
+    std: Sequence[float]
 
     def __init__(self, path: Path, encoder: EncoderSpec, options: RuntimeOptions) -> None:
         if sys.platform != "darwin":

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeclip.errors import BundleError, UsageError
 from edgeclip.runtimes.backends import RuntimeOptions, register_backend
 from edgeclip.runtimes.manifest import EncoderSpec
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 
@@ -21,7 +25,7 @@ def available_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def session_options(threads: int | None):  # -> onnxruntime.SessionOptions
+def session_options(threads: int | None) -> onnxruntime.SessionOptions:
     """CPU settings for latency at small batch, measured on MobileCLIP2-S0 (benchmarks/explore_onnx_speed.py)."""
     import onnxruntime
 

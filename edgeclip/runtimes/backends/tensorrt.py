@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from edgeclip.runtimes.manifest import MANIFEST_NAME, EncoderSpec, TensorRTRecor
 INSTALL = "pip install 'edgeclip[tensorrt]'"
 
 
-def import_cudart():
+def import_cudart() -> ModuleType:
     """cuda-python's CUDA runtime module (`cuda.bindings.runtime` in 12.6+, `cuda.cudart` before)."""
     try:
         from cuda.bindings import runtime as cudart
