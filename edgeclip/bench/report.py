@@ -173,11 +173,16 @@ def pareto_png(report: Report, stage: str = "image") -> bytes:
     ys_all: list[float] = []
     handles = []
     for n, run in enumerate(report.runs):
-        entries = [e for e in run.result.entries if e.status == "ok" and e.accuracy and _latency(e, stage)]
+        entries: list[BenchEntry] = []
+        points: list[tuple[float, float]] = []  # (latency ms, top-1 %)
+        for e in run.result.entries:
+            latency = _latency(e, stage) if e.status == "ok" and e.accuracy else None
+            if latency and e.accuracy:
+                entries.append(e)
+                points.append((latency, e.accuracy.top1 * 100))
         if not entries:
             continue
         color = palette[n % len(palette)]
-        points = [(_latency(e, stage), e.accuracy.top1 * 100) for e in entries]
         front = set(pareto_front(points))
         names = _point_names(entries)
         ordered = sorted(front, key=lambda i: points[i][0])
@@ -297,7 +302,7 @@ def write_report(
         raise UsageError(f"stage {stage!r}: expected one of {', '.join(STAGE_NAMES)}")
     written: dict[str, Path] = {}
     png = pareto_png(report, stage) if (plot or html_path) else None
-    if plot:
+    if plot and png is not None:
         written["plot"] = write_atomic(plot, png)
     if html_path:
         written["html"] = write_atomic(html_path, to_html(report, stage, png))

@@ -102,7 +102,6 @@ def measure(request: MeasureRequest, on_stage: Callable[[str], None] | None = No
         subject = open_subject(request.kind, request.source, options)
     except Exception as e:  # any failure to open (EdgeclipError, a runtime's own) is this row's reason
         return replace(base, reason=_reason(e))
-    known = {"model": subject.model, "size_bytes": subject.size_bytes, "bundle": subject.bundle}
     try:
         subject.encoder.encode_image([image])
         loaded_image = time.perf_counter()
@@ -121,13 +120,17 @@ def measure(request: MeasureRequest, on_stage: Callable[[str], None] | None = No
         image_embeddings = subject.encoder.encode_image(list(data.paths), batch_size=32)
         prompt_embeddings = subject.encoder.encode_text(data.prompts(request.templates))
     except Exception as e:  # e.g. RuntimeUnavailable (CoreML off Apple) or a runtime's own error: the row says why
-        return replace(base, **known, reason=_reason(e))
+        return replace(
+            base, model=subject.model, size_bytes=subject.size_bytes, bundle=subject.bundle, reason=_reason(e)
+        )
     finally:
         subject.close()
     np.savez(request.embeddings, image=image_embeddings, text=prompt_embeddings)
     return replace(
         base,
-        **known,
+        model=subject.model,
+        size_bytes=subject.size_bytes,
+        bundle=subject.bundle,
         status="ok",
         runtime=runtime,
         latency=latency,

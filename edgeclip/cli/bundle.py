@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -125,7 +126,7 @@ def heads_list(bundle: Path, as_json: bool) -> None:
     from edgeclip.runtimes import load_bundle
 
     b = load_bundle(bundle)
-    rows = []
+    rows: list[dict[str, Any]] = []  # one JSON object per head
     for name in b.head_names():
         h = b.load_head(name)
         rows.append({"name": name, "kind": h.kind, "labels": list(h.labels), "templates": len(h.templates)})

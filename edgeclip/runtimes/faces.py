@@ -121,7 +121,11 @@ class HaarFaceDetector:
         cv2 = self._cv2
         width, height = image.size
         scale = min(1.0, max(_DETECT_MAX_SIDE / max(width, height), _HAAR_WINDOW / self.min_size))
-        small = image if scale == 1.0 else image.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR)
+        small = (
+            image
+            if scale == 1.0
+            else image.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR)
+        )
         grey = cv2.equalizeHist(np.asarray(small.convert("L")))
         side = max(1, round(self.min_size * scale))
         found = self._cascade.detectMultiScale(

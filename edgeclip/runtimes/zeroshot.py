@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -30,8 +30,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+class TextEmbedder(Protocol):
+    """What a zero-shot head is built from: a Bundle, or bench's eager model behind the same surface."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def encode_text(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray: ...
+
+
 def build_zero_shot_head(
-    bundle: Bundle,
+    bundle: TextEmbedder,
     labels: Sequence[str],
     templates: str | Sequence[str] = "openai",
     name: str = "zero-shot",
