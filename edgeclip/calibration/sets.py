@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from edgeclip.calibration.text import default_text_strings
 from edgeclip.data.images import list_images, load_image
 from edgeclip.errors import ImageError, UsageError
 from edgeclip.runtimes.preprocess import PreprocessSpec, preprocess_image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FORMAT = "edgeclip-calibration/1"
 MIN_RECOMMENDED = 64  # fewer images than this calibrate activation ranges poorly: warn
@@ -223,7 +227,7 @@ def build_calibration_set(
     tick = progress or (lambda _done, _total: None)
     skipped: list[str] = []
 
-    def decode(path: Path):
+    def decode(path: Path) -> Image.Image | None:
         try:
             return load_image(path)
         except ImageError as e:

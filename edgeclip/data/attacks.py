@@ -134,7 +134,9 @@ def _room(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(0.8 * grey + 0.2 * base + rng.normal(0, 0.015, (height, width, 3)), 0, 1).astype(np.float32)
 
 
-def _place(content: np.ndarray, background: np.ndarray, scale: float, angle: float, rng: np.random.Generator):
+def _place(
+    content: np.ndarray, background: np.ndarray, scale: float, angle: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste `content` scaled and rotated about the centre onto `background`; returns the scene and the mask."""
     height, width = background.shape[:2]
     w, h = max(2, int(width * scale)), max(2, int(height * scale))
@@ -167,7 +169,9 @@ def _halftone(pixels: np.ndarray, period: float) -> np.ndarray:
     return out
 
 
-def _gamut_compress(pixels: np.ndarray, black: float, white: float, saturation: float, tint) -> np.ndarray:
+def _gamut_compress(
+    pixels: np.ndarray, black: float, white: float, saturation: float, tint: tuple[float, float, float]
+) -> np.ndarray:
     grey = pixels.mean(axis=2, keepdims=True)
     pixels = grey + saturation * (pixels - grey)
     return (black + (white - black) * pixels) * np.asarray(tint, dtype=np.float32)

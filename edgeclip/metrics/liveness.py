@@ -212,7 +212,11 @@ def choose_threshold(dev: ScoreSet, rule: str = "eer", fixed: float | None = Non
 
 
 def evaluate(
-    dev: ScoreSet, test: ScoreSet, rule: str = "eer", fixed: float | None = None, apcer_targets=(0.01, 0.05)
+    dev: ScoreSet,
+    test: ScoreSet,
+    rule: str = "eer",
+    fixed: float | None = None,
+    apcer_targets: Sequence[float] = (0.01, 0.05),
 ) -> LivenessReport:
     """Choose the threshold on dev by `rule`, apply it to test, and add test's EER, AUC and BPCER@APCER."""
     threshold = choose_threshold(dev, rule, fixed)
