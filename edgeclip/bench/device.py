@@ -150,6 +150,7 @@ class DeviceInfo:
             onnxruntime_providers=tuple(data.get("onnxruntime_providers") or ()),
             python=str(data.get("python") or ""),
             versions=dict(data.get("versions") or {}),
+            # Kept as the file has it (three numbers when edgeclip wrote it); a length check would be new behaviour.
             load_average=tuple(float(v) for v in load) if load else None,  # type: ignore[arg-type]
         )
 
@@ -321,7 +322,8 @@ def _onnxruntime_providers() -> tuple[str, ...]:
 
 def _load_average() -> tuple[float, float, float] | None:
     try:
-        return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
+        one, five, fifteen = os.getloadavg()
+        return round(one, 2), round(five, 2), round(fifteen, 2)
     except (OSError, AttributeError):
         return None
 
