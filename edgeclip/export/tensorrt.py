@@ -1,8 +1,8 @@
 """TensorRT target: engines built from the ONNX export with TensorRT's Python API, on the NVIDIA device itself.
 
 The ONNX target is the declared prerequisite: its fp32 graphs are made TensorRT-ready here (fp16: converted to a
-float16 graph, overflow-prone ops kept float32; int8: a symmetric Q/DQ graph, see `trt_qdq`) and checked in ONNX
-Runtime against fp32. The network is strongly typed (the graph carries the precision: required for Q/DQ and
+float16 graph, overflow-prone ops kept float32; int8: a symmetric Q/DQ graph, see `precision.qdq`) and checked in
+ONNX Runtime against fp32. The network is strongly typed (the graph carries the precision: required for Q/DQ and
 fp16 from TensorRT 10.12, the only mode in 11), with one optimization profile on the batch axis
 (1 / opt / max), a workspace limit, and a timing cache kept between builds so rebuilds are fast.
 

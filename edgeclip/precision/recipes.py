@@ -146,7 +146,7 @@ register_recipe(
         activation_type="int8",
     )
 )
-# docs/quantization.md#the-onnx-image-recipe
+# Measured on MobileCLIP2-S0, step by step from ORT defaults: docs/quantization.md#the-onnx-image-recipe
 register_recipe(
     QuantRecipe(
         "edgeclip-image",

@@ -23,7 +23,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 Feeds = Iterable[Mapping[str, np.ndarray]]
 
 # Histogram calibrators are fed in chunks of up to this many bytes of calibrated tensors, and the entropy search
-# gets these bins: docs/quantization.md#histogram-calibration.
+# gets these bins: docs/quantization.md#histogram-calibration-percentile-entropy.
 HISTOGRAM_MEMORY = 1 << 30
 ENTROPY_BINS = 1024
 ENTROPY_QUANTIZED_BINS = 256
