@@ -53,8 +53,11 @@ def build_quantized(root: Path, bundle) -> dict:
     """
     from edgeclip.calibration import build_calibration_set, feeds
     from edgeclip.data.shapes import ShapesDataset, write_image_folder
-    from edgeclip.export.onnx_quant import gate_inputs, lower_precision, parse_options
-    from edgeclip.export.quantize import quantize_dynamic_int8, quantize_static_int8
+    from edgeclip.export.onnx_quant import parse_options
+    from edgeclip.precision.dynamic import quantize_dynamic_int8
+    from edgeclip.precision.gate import gate_inputs
+    from edgeclip.precision.lower import lower_precision
+    from edgeclip.precision.static import quantize_static_int8
 
     m = bundle.manifest
     fp32 = (bundle.path / m.encoders["image"].file, bundle.path / m.encoders["text"].file)

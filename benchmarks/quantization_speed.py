@@ -158,8 +158,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build the files here instead of a temporary folder")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from edgeclip.bench.accuracy import cosine_stats
     from edgeclip.bench.device import collect_device_info
+    from edgeclip.metrics.parity import cosine_stats
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="edgeclip-quant-speed-"))
     work.mkdir(parents=True, exist_ok=True)

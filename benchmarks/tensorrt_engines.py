@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
 
-    from edgeclip.export.parity import compare
+    from edgeclip.metrics.parity import parity_report
     from edgeclip.runtimes import load_bundle
     from edgeclip.runtimes.backends.ort import available_providers
     from edgeclip.runtimes.backends.tensorrt import device_facts, tensorrt_unavailable
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             input_name = m.encoders[role].inputs[0].name
             runner = bundle.encoder(role)
             out = runner.run({input_name: probe[role]})[0]
-            row["parity_vs_ort_cuda_fp32"][role] = compare(ref_out[role], out, "ort-cuda-fp32").to_dict()
+            row["parity_vs_ort_cuda_fp32"][role] = parity_report(ref_out[role], out, "ort-cuda-fp32").to_dict()
             if m.encoders[role].parity is not None:
                 row["export_parity"][role] = {
                     "vs_pytorch": m.encoders[role].parity.to_dict(),

@@ -24,14 +24,13 @@ from edgeclip.bench.accuracy import (
     SHAPES_EVAL,
     LabelledImages,
     accuracy_of,
-    cosine_stats,
-    parity_floor,
     read_labelled_folder,
     write_shapes_eval,
 )
 from edgeclip.bench.results import STAGES
 from edgeclip.bench.run import EAGER, Candidate, parse_targets
 from edgeclip.bench.worker import sample_inputs
+from edgeclip.metrics.parity import cosine_stats, parity_floor
 
 MODEL = os.environ.get("EDGECLIP_BENCH_MODEL", "MobileCLIP2-S0")
 PRETRAINED = os.environ.get("EDGECLIP_BENCH_PRETRAINED") or None

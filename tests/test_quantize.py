@@ -11,12 +11,15 @@ import onnxruntime
 import pytest
 from click.testing import CliRunner
 
-from edgeclip.calibration import build_calibration_set
+from edgeclip.calibration import build_calibration_set, resolve_calibration
 from edgeclip.data.shapes import ShapesDataset, write_image_folder
 from edgeclip.errors import ExportError, UsageError
 from edgeclip.export import export_bundle
-from edgeclip.export.onnx_quant import lower_precision, parse_options, resolve_calibration
-from edgeclip.export.quantize import RECIPES, fuse_gelu, quantize_static_int8, quantized_nodes
+from edgeclip.export.onnx_quant import parse_options
+from edgeclip.precision.lower import lower_precision
+from edgeclip.precision.recipes import RECIPES
+from edgeclip.precision.rewrites import fuse_gelu
+from edgeclip.precision.static import quantize_static_int8, quantized_nodes
 from edgeclip.runtimes import load_bundle
 from edgeclip.runtimes.preprocess import PreprocessSpec
 from edgeclip.runtimes.tokenizer import Tokenizer
@@ -279,7 +282,7 @@ def _gelu_block(path: Path, zero_point_type: type = np.uint8) -> Path:
 
 
 def test_quick_gelu_runs_in_uint8_and_matches_quick_gelu(tmp_path: Path) -> None:
-    from edgeclip.export.quantize import QUICK_GELU_ALPHA, quantized_quick_gelu
+    from edgeclip.precision.rewrites import QUICK_GELU_ALPHA, quantized_quick_gelu
 
     model = onnx.load(str(_gelu_block(tmp_path / "gelu.onnx")))
     assert quantized_quick_gelu(model) == 1
@@ -296,7 +299,7 @@ def test_quick_gelu_runs_in_uint8_and_matches_quick_gelu(tmp_path: Path) -> None
 
 
 def test_quick_gelu_leaves_int8_activations_alone(tmp_path: Path) -> None:
-    from edgeclip.export.quantize import quantized_quick_gelu
+    from edgeclip.precision.rewrites import quantized_quick_gelu
 
     model = onnx.load(str(_gelu_block(tmp_path / "gelu8.onnx", np.int8)))
     assert quantized_quick_gelu(model) == 0 and "FastGelu" in {n.op_type for n in model.graph.node}
@@ -338,7 +341,7 @@ def test_fp16_names_clamped_large_weights_in_one_warning_and_drops_the_tiny_ones
 
     from onnx import numpy_helper
 
-    from edgeclip.export.quantize import convert_fp16
+    from edgeclip.precision.fp16 import convert_fp16
 
     src = _two_convs(tmp_path / "convs.onnx")
     model = onnx.load(str(src))
@@ -373,7 +376,7 @@ def test_fp16_names_clamped_large_weights_in_one_warning_and_drops_the_tiny_ones
 def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path: Path, path: str) -> None:
     """Entropy picks a range narrower than minmax when a few outliers stretch it (ORT's own call gave minmax's)."""
     from edgeclip.calibration import feeds
-    from edgeclip.export.trt_qdq import quantize_for_tensorrt
+    from edgeclip.precision.qdq import quantize_for_tensorrt
 
     rng = np.random.default_rng(0)
     src = _two_convs(tmp_path / "convs.onnx")
@@ -397,7 +400,7 @@ def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path: Path, pa
 def test_histogram_calibration_in_one_batch_chunks_matches_one_chunk(tmp_path: Path, monkeypatch, method: str) -> None:
     """Fed one batch at a time (a big model), the histogram calibrators give about the ranges of a single pass."""
     from edgeclip.calibration import feeds
-    from edgeclip.export import quantize
+    from edgeclip.precision import static as quantize
 
     src = _two_convs(tmp_path / "convs.onnx")
     x = np.random.default_rng(1).normal(size=(16, 8, 16, 16)).astype(np.float32)
@@ -452,7 +455,7 @@ def _linear_encoders(tmp_path: Path, image_weight: np.ndarray) -> tuple[Path, Pa
 @pytest.mark.parametrize("degenerate", [False, True])
 def test_gate_records_how_many_labels_fp32_predicts(tmp_path: Path, degenerate: bool) -> None:
     """Top-1 agreement means little when fp32 gives every image one label; the gate says how many it gives."""
-    from edgeclip.export.accuracy_gate import measure_gate
+    from edgeclip.precision.gate import measure_gate
 
     rng = np.random.default_rng(0)
     weight = np.zeros((48, 8)) if degenerate else rng.normal(size=(48, 8))  # zero: every image embeds as the bias
@@ -462,6 +465,25 @@ def test_gate_records_how_many_labels_fp32_predicts(tmp_path: Path, degenerate: 
     labels = [f"l{i}" for i in range(10)]
     label_tokens = rng.integers(0, 20, size=(10, 5))
     report = measure_gate(files, files, pixels, texts, label_tokens, labels=labels)
-    assert report.top1_agreement == 1.0 and report.image.mean_cosine == pytest.approx(1.0)
+    assert report.top1_agreement == 1.0 and report.image.mean == pytest.approx(1.0)
     assert report.to_dict()["reference_labels"] == report.reference_labels
     assert (report.reference_labels == 1) == degenerate and 1 <= report.reference_labels <= len(labels)
+
+
+def test_recipes_are_registered_by_target_and_precision() -> None:
+    """ONNX and TensorRT int8 each name their per-encoder recipe in one registry; duplicates and typos refused."""
+    from edgeclip.precision.recipes import TARGET_RECIPES, register_target_recipe, target_recipe
+
+    assert {("onnx", "int8"), ("tensorrt", "int8")} <= set(TARGET_RECIPES)
+    onnx_int8, trt_int8 = target_recipe("onnx", "int8"), target_recipe("tensorrt", "int8")
+    assert onnx_int8.for_role("image") is RECIPES["edgeclip-image"] and onnx_int8.for_role("text").gelu == "exact"
+    trt = trt_int8.for_role("image")
+    assert trt is trt_int8.for_role("text") and trt.gelu is None and trt.activation_type == "int8"
+    with pytest.raises(ValueError, match="registered twice"):
+        register_target_recipe("onnx", "int8", image="edgeclip-image", text="edgeclip-text")
+    with pytest.raises(ValueError, match="unregistered recipe 'edgeclip-imag'"):
+        register_target_recipe("toy", "int8", image="edgeclip-imag", text="edgeclip-text")
+    with pytest.raises(ValueError, match="no int8 recipe is registered for target 'coreml'"):
+        target_recipe("coreml", "int8")
+    with pytest.raises(UsageError, match="quantization recipe 'edgeclip' is unknown"):
+        quantize_static_int8(Path("unused.onnx"), Path("unused-q.onnx"), [], recipe="edgeclip")

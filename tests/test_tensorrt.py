@@ -21,7 +21,8 @@ from edgeclip.export import export_bundle
 from edgeclip.export.parity import sample_images
 from edgeclip.export.targets import get_target
 from edgeclip.export.tensorrt import parse_options
-from edgeclip.export.trt_qdq import check_tensorrt_qdq, quantize_for_tensorrt, run_onnx_cpu
+from edgeclip.precision.gate import run_onnx_cpu
+from edgeclip.precision.qdq import check_tensorrt_qdq, quantize_for_tensorrt
 from edgeclip.runtimes import load_bundle
 from edgeclip.runtimes.backends import RuntimeOptions, backend_for_target
 from edgeclip.runtimes.backends.tensorrt import TensorRTBackend, tensorrt_unavailable
@@ -138,7 +139,7 @@ def test_ready_bundle_cannot_run_as_engines(ready_bundle: Path, photos) -> None:
 
 def test_check_refuses_onnxruntime_int8_graphs(tiny_bundle: Path, tmp_path: Path) -> None:
     """edgeclip's ORT recipe (uint8 activations, com.microsoft FastGelu) is not a TensorRT graph: the check says why."""
-    from edgeclip.export.quantize import quantize_static_int8
+    from edgeclip.precision.static import quantize_static_int8
 
     spec = load_bundle(tiny_bundle).manifest.preprocess
     pixels = preprocess(sample_images(4), spec)

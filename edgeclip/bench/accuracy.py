@@ -1,4 +1,4 @@
-"""Accuracy beside latency: zero-shot top-1 on a labelled image folder, and cosine parity against a reference.
+"""Accuracy beside latency: zero-shot top-1 on a labelled image folder (cosine parity: edgeclip.metrics.parity).
 
 A labelled folder is ``<root>/<class>/<image>`` (ImageNet-style; the shapes dataset writes the same layout);
 a class's prompts are its folder name (``_`` read as a space) in each template. Torch-free.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeclip.bench.results import Accuracy, CosineStats
+from edgeclip.bench.results import Accuracy
 from edgeclip.data.images import list_images
 from edgeclip.errors import UsageError
 from edgeclip.runtimes.heads import Head
@@ -81,28 +81,3 @@ def accuracy_of(data: LabelledImages, image_embeddings: np.ndarray, head: Head, 
     """Zero-shot top-1 of precomputed image embeddings against a head of the dataset's classes."""
     top1 = zero_shot_top1(image_embeddings, head, logit_scale, data.labels)
     return Accuracy(dataset=data.name, images=len(data.paths), classes=len(data.classes), top1=round(top1, 6))
-
-
-def cosine_stats(reference: np.ndarray, candidate: np.ndarray) -> CosineStats:
-    """Mean, 1st percentile and minimum of the row-wise cosine between two embedding matrices of the same inputs."""
-    if reference.shape != candidate.shape:
-        raise UsageError(f"embeddings of shape {candidate.shape} cannot be compared with {reference.shape}")
-    ref = reference.astype(np.float64)
-    cand = candidate.astype(np.float64)
-    norms = np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1), 1e-12)
-    cos = (ref * cand).sum(-1) / norms
-    return CosineStats(
-        samples=int(cos.size),
-        mean=round(float(cos.mean()), 8),
-        p1=round(float(np.percentile(cos, 1)), 8),
-        min=round(float(cos.min()), 8),
-    )
-
-
-def parity_floor(precision: str) -> float | None:
-    """The minimum cosine the export gate holds this precision to, or None where the export side is not installed."""
-    try:
-        from edgeclip.export.options import PARITY_FLOORS  # imports torch: absent on a bare device
-    except ImportError:
-        return None
-    return PARITY_FLOORS.get(precision)

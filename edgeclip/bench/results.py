@@ -51,6 +51,7 @@ from typing import Any
 
 from edgeclip.bench.device import DeviceInfo
 from edgeclip.errors import ResultsError
+from edgeclip.metrics.parity import CosineStats
 
 SCHEMA = "edgeclip-bench-results"
 SCHEMA_VERSION = "1.0"
@@ -121,26 +122,13 @@ class LatencyStats:
         )
 
 
-@dataclass(frozen=True)
-class CosineStats:
-    """Row-wise cosine between an encoder's embeddings and the reference's on the same inputs."""
-
-    samples: int
-    mean: float
-    p1: float  # the 1st percentile: how the worst 1% of inputs fare
-    min: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "mean": self.mean, "p1": self.p1, "min": self.min}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str) -> CosineStats:
-        return cls(
-            _require(data, "samples", int, where),
-            _number(data, "mean", where),
-            _number(data, "p1", where),
-            _number(data, "min", where),
-        )
+def _cosine_stats(data: Mapping[str, Any], where: str) -> CosineStats:
+    return CosineStats(
+        _require(data, "samples", int, where),
+        _number(data, "mean", where),
+        _number(data, "p1", where),
+        _number(data, "min", where),
+    )
 
 
 @dataclass(frozen=True)
@@ -173,8 +161,8 @@ class Parity:
         floor = _optional(data, "floor")
         return cls(
             _require(data, "reference", str, where),
-            CosineStats.from_dict(_require(data, "image", dict, where), f"{where}.image"),
-            CosineStats.from_dict(_require(data, "text", dict, where), f"{where}.text"),
+            _cosine_stats(_require(data, "image", dict, where), f"{where}.image"),
+            _cosine_stats(_require(data, "text", dict, where), f"{where}.text"),
             float(floor) if isinstance(floor, (int, float)) else None,
         )
 

@@ -27,8 +27,6 @@ import numpy as np
 from edgeclip._version import __version__
 from edgeclip.bench.accuracy import (
     SHAPES_EVAL,
-    cosine_stats,
-    parity_floor,
     read_labelled_folder,
     write_shapes_eval,
 )
@@ -36,6 +34,7 @@ from edgeclip.bench.device import DeviceInfo, collect_device_info
 from edgeclip.bench.results import BenchEntry, BenchResult, ModelIdentity, Parity
 from edgeclip.bench.worker import MeasureRequest, measure
 from edgeclip.errors import EdgeclipError, RuntimeUnavailable, UsageError
+from edgeclip.metrics.parity import cosine_stats, parity_floor
 
 EAGER = "torch"  # the PyTorch eager baseline's name in --targets
 ALL = "all"  # every registered target x precision, plus the eager baseline
@@ -422,7 +421,10 @@ def _check_parity(entries: list[BenchEntry], embeddings: dict[str, str], referen
         own = np.load(embeddings[entry.name])
         floor = parity_floor(entry.precision)
         parity = Parity(
-            reference, cosine_stats(ref["image"], own["image"]), cosine_stats(ref["text"], own["text"]), floor
+            reference,
+            cosine_stats(ref["image"], own["image"]).rounded(8),
+            cosine_stats(ref["text"], own["text"]).rounded(8),
+            floor,
         )
         entry = replace(entry, parity=parity)
         if floor is not None and parity.worst_min < floor:

@@ -7,6 +7,7 @@ One protocol feeds every backend: an iterable of ``dict[str, np.ndarray]`` (see 
 from __future__ import annotations
 
 from edgeclip.calibration.feeds import OrtCalibrationReader, feeds, split_held_out
+from edgeclip.calibration.resolve import resolve_calibration
 from edgeclip.calibration.sampling import STRATEGIES, image_features, select
 from edgeclip.calibration.sets import (
     MIN_RECOMMENDED,
@@ -29,6 +30,7 @@ __all__ = [
     "load_calibration_set",
     "read_captions",
     "read_text_strings",
+    "resolve_calibration",
     "select",
     "split_held_out",
 ]

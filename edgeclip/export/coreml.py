@@ -509,7 +509,7 @@ def _calibration(sources: tuple[Path, ...], encoders: Encoders) -> _Calibration:
 
     method = {"method": "coremltools linear_quantize_activations (linear symmetric int8)", "encoders": ["image"]}
     if len(sources) == 1 and (sources[0].suffix == ".npz" or sources[0].is_dir()):
-        from edgeclip.export.onnx_quant import resolve_calibration
+        from edgeclip.calibration import resolve_calibration
 
         calib = resolve_calibration(sources[0], encoders.preprocess)
         return _Calibration(calib.pixels, {**method, "images": len(calib), "set": calib.describe()})

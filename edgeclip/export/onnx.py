@@ -68,7 +68,9 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
 
 def _export_lower_precision(encoders: Encoders, out_dir: Path, options: ExportOptions, opset: int) -> EncoderFiles:
     """Export fp32 to a temp folder, then write fp16 or int8 encoders into `out_dir`, gated against the fp32 ones."""
-    from edgeclip.export.onnx_quant import lower_precision, parse_options, resolve_calibration
+    from edgeclip.calibration import resolve_calibration
+    from edgeclip.export.onnx_quant import parse_options
+    from edgeclip.precision.lower import lower_precision
     from edgeclip.runtimes.tokenizer import Tokenizer
 
     request = parse_options(options.precision, options.target_options)

@@ -7,12 +7,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from edgeclip.metrics.parity import PARITY_FLOORS
 from edgeclip.runtimes.manifest import TensorSpec
 from edgeclip.runtimes.preprocess import PreprocessSpec
 from edgeclip.runtimes.tokenizer import TokenizerSpec
-
-# The export fails when an encoder's minimum cosine to PyTorch (over real photos and strings) falls below this.
-PARITY_FLOORS: dict[str, float] = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
 
 
 @dataclass(frozen=True)

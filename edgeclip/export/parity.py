@@ -1,4 +1,8 @@
-"""Parity at export time: the exported encoders against PyTorch on real photos and varied strings."""
+"""Parity at export time: the exported encoders against PyTorch on real photos and varied strings.
+
+The torch side only (running the PyTorch reference, the sample inputs); the statistics and the floors are
+edgeclip.metrics.parity's.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from edgeclip.metrics.parity import parity_report
 from edgeclip.runtimes.backends import Backend
 from edgeclip.runtimes.manifest import ParityReport
 
@@ -43,20 +48,6 @@ def sample_images(shapes_count: int = 4) -> list[Image.Image]:
     return images
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, reference_name: str) -> ParityReport:
-    """Per-row cosine and max abs difference between two embedding matrices."""
-    ref = reference.astype(np.float64)
-    cand = candidate.astype(np.float64)
-    cos = (ref * cand).sum(-1) / np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1), 1e-12)
-    return ParityReport(
-        reference=reference_name,
-        samples=int(ref.shape[0]),
-        min_cosine=float(cos.min()),
-        mean_cosine=float(cos.mean()),
-        max_abs_diff=float(np.abs(ref - cand).max()),
-    )
-
-
 def measure(
     reference: nn.Module, backend: Backend, input_name: str, batch: np.ndarray, reference_name: str
 ) -> ParityReport:
@@ -64,4 +55,4 @@ def measure(
     with torch.no_grad():
         expected = reference(torch.from_numpy(batch)).float().numpy()
     actual = np.asarray(backend.run({input_name: batch})[0], dtype=np.float32)
-    return compare(expected, actual, reference_name)
+    return parity_report(expected, actual, reference_name)

@@ -1,8 +1,8 @@
 """TensorRT target: engines built from the ONNX export with TensorRT's Python API, on the NVIDIA device itself.
 
 The ONNX target is the declared prerequisite: its fp32 graphs are made TensorRT-ready here (fp16: converted to a
-float16 graph, overflow-prone ops kept float32; int8: a symmetric Q/DQ graph, see `trt_qdq`) and checked in ONNX
-Runtime against fp32. The network is strongly typed (the graph carries the precision: required for Q/DQ and
+float16 graph, overflow-prone ops kept float32; int8: a symmetric Q/DQ graph, see `precision.qdq`) and checked in
+ONNX Runtime against fp32. The network is strongly typed (the graph carries the precision: required for Q/DQ and
 fp16 from TensorRT 10.12, the only mode in 11), with one optimization profile on the batch axis
 (1 / opt / max), a workspace limit, and a timing cache kept between builds so rebuilds are fast.
 
@@ -135,10 +135,10 @@ def prepare_onnx(
     `calib` is the resolved CalibrationSet (int8) or None. Returns the graphs by role and the held-out inputs
     (never used for calibration) they were compared on.
     """
-    from edgeclip.export.onnx_quant import gate_inputs
-    from edgeclip.export.parity import compare
-    from edgeclip.export.quantize import convert_fp16
-    from edgeclip.export.trt_qdq import check_tensorrt_qdq, quantize_for_tensorrt, run_onnx_cpu
+    from edgeclip.metrics.parity import parity_report
+    from edgeclip.precision.fp16 import FP16_KEEP_FLOAT_RECORD, convert_fp16
+    from edgeclip.precision.gate import gate_inputs, run_onnx_cpu
+    from edgeclip.precision.qdq import check_tensorrt_qdq, quantize_for_tensorrt
 
     held = gate_inputs(calib, spec, tokenizer)
     samples = {"image": held.pixels, "text": held.texts}
@@ -149,13 +149,13 @@ def prepare_onnx(
     for role, file in (("image", fp32.image), ("text", fp32.text)):
         src, dst = fp32_dir / file.file, ready_dir / file.file
         if opts.precision == "int8":
-            quantized = quantize_for_tensorrt(src, dst, calibration[role], method=opts.calibration_method)
+            quantized = quantize_for_tensorrt(src, dst, calibration[role], method=opts.calibration_method, role=role)
             check: dict[str, Any] = {"quantized_nodes": len(quantized), **check_tensorrt_qdq(dst).to_dict()}
         else:
             convert_fp16(src, dst)
-            check = {"fp16_keep_float": "see edgeclip.export.quantize.FP16_KEEP_FLOAT"}
+            check = {"fp16_keep_float": FP16_KEEP_FLOAT_RECORD}
         feed = {file.inputs[0].name: samples[role]}
-        report = compare(run_onnx_cpu(src, feed), run_onnx_cpu(dst, feed), "onnxruntime cpu, fp32 onnx export")
+        report = parity_report(run_onnx_cpu(src, feed), run_onnx_cpu(dst, feed), "onnxruntime cpu, fp32 onnx export")
         if report.min_cosine < floor:
             raise ExportError(
                 f"the TensorRT-ready {opts.precision} {role} graph drifts from fp32 in ONNX Runtime: "
@@ -231,15 +231,15 @@ def build_engine(graph: ReadyGraph, engine_path: Path, opts: TensorRTOptions, ca
 
 def engine_parity(graph: ReadyGraph, engine_path: Path, inputs: np.ndarray, reference: str):
     """The engine's embeddings against ONNX Runtime fp32 (CPU) on the held-out inputs: a ParityReport."""
-    from edgeclip.export.parity import compare
-    from edgeclip.export.trt_qdq import run_onnx_cpu
+    from edgeclip.metrics.parity import parity_report
+    from edgeclip.precision.gate import run_onnx_cpu
     from edgeclip.runtimes.backends import RuntimeOptions
     from edgeclip.runtimes.backends.tensorrt import TensorRTBackend
 
     spec = EncoderSpec(engine_path.name, "", (graph.input,), (graph.output,))
     engine = TensorRTBackend(engine_path, spec, RuntimeOptions())
     expected = run_onnx_cpu(graph.fp32, {graph.input.name: inputs})
-    return compare(expected, engine.run({graph.input.name: inputs})[0], reference)
+    return parity_report(expected, engine.run({graph.input.name: inputs})[0], reference)
 
 
 # --- the target ------------------------------------------------------------------------------------------------------
@@ -248,8 +248,8 @@ def engine_parity(graph: ReadyGraph, engine_path: Path, inputs: np.ndarray, refe
 @register_target(SPEC, validate=validate_options)
 def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> EncoderFiles:
     """Write image_encoder.engine and text_encoder.engine (or, with onnx_only, the TensorRT-ready .onnx graphs)."""
+    from edgeclip.calibration import resolve_calibration
     from edgeclip.export import onnx as onnx_target
-    from edgeclip.export.onnx_quant import resolve_calibration
     from edgeclip.runtimes.tokenizer import Tokenizer
 
     opts = parse_options(options.precision, options.target_options)
@@ -282,7 +282,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
         else {
             "method": opts.calibration_method,
             "format": "QDQ (symmetric int8 activations and per-channel weights)",
-            "recipe": "tensorrt (edgeclip.export.trt_qdq)",
+            "recipe": "tensorrt (edgeclip.precision.recipes)",
             "set": calib.describe(),
         }
     )
