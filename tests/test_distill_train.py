@@ -66,6 +66,7 @@ def _step_uids(run: Path) -> dict[int, list[str]]:
     return steps
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly_without_repeating_or_dropping_samples(material, tmp_path: Path) -> None:
     reference = train(_config(material["shards"], tmp_path / "ref"))
     assert reference.steps == 8 and (tmp_path / "ref" / "model.safetensors").is_file()
@@ -161,6 +162,7 @@ def test_the_cli_warns_naming_a_corrupt_shard_and_counts_it_in_the_summary(mater
     assert 0 < report["missing_samples"] <= 8 and f"{report['missing_samples']} sample" in summary[0]
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one_process_with_the_global_batch(material, tmp_path: Path) -> None:
     single = train(_config(material["shards"], tmp_path / "one", steps=2, batch_size=8, checkpoint_every=0))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -305,6 +307,7 @@ def test_cli_help_examples_and_bad_input_messages(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "unknown model 'NoSuchArch'" in out.output
 
 
+@pytest.mark.slow
 def test_quickstart_fast_runs_the_whole_story_and_the_bundle_agrees(tmp_path: Path) -> None:
     from edgeclip.distill.quickstart import STUDENT as quickstart_student
     from edgeclip.runtimes import load_bundle
