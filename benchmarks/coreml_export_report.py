@@ -1,6 +1,6 @@
 """The figures issue 3 asks for: MobileCLIP2-S0 and MobileCLIP-S1 (random weights) exported to CoreML (a script).
 
-    .venv/bin/python benchmarks/coreml_export_report.py --work /tmp/coreml_report [--json report.json]
+    .venv/bin/python -m benchmarks.coreml_export_report --work /tmp/coreml_report [--json report.json]
         [--models MobileCLIP2-S0,MobileCLIP-S1] [--variants fp32,fp16,int8,palettize4]
 
 Each variant is a full `export_bundle(..., target="coreml")` (the same call `edgeclip export -t coreml` makes),
@@ -19,9 +19,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 VARIANTS = {
     "fp32": {"precision": "fp32"},

@@ -8,8 +8,8 @@
 3. Reinforcement throughput (images/s) and bytes per sample on disk.
 
 Usage (from the repository root):
-    .venv/bin/python benchmarks/distill_experiments.py --output /tmp/distill-exp
-    .venv/bin/python benchmarks/distill_experiments.py --output /tmp/distill-exp \
+    .venv/bin/python -m benchmarks.distill_experiments --output /tmp/distill-exp
+    .venv/bin/python -m benchmarks.distill_experiments --output /tmp/distill-exp \
         --teacher quickstart-run/teacher/model.safetensors
 
 Teachers are trained here with plain CLIP loss on the captions mixed with `--teacher-captions` paraphrases
@@ -17,10 +17,7 @@ Teachers are trained here with plain CLIP loss on the captions mixed with `--tea
 trained ones. `--lam 1 --lam 0.5` draws one reinforced curve per λ. Results go to OUTPUT/results.json and are printed
 as markdown tables. Timings on a shared machine vary; compare figures from one run only.
 
-The steps ratio depends on the horizon: the plain student keeps learning shape until about step 2600 and then
-plateaus, so the default 4000 student steps compare against a plain student that has finished; with
-`--student-steps 1200` it is still climbing. The whole default run takes about 1.5 h on one thread (teachers 2 x 17
-min, students 2 x 27 min); `--teacher` and `--shards` reuse earlier work.
+How the steps ratio depends on the horizon, and how long the default run takes: docs/distillation.md.
 """
 
 from __future__ import annotations
@@ -33,14 +30,13 @@ import sys
 import time
 from pathlib import Path
 
-# Convolutional towers: at 64 px the ViT configs (patch 16, 16 tokens) do not learn shape here, not even with a
-# supervised linear head on the labels; small timm CNNs do (edgeclip/distill/quickstart.py's docstring).
+# Convolutional towers: at 64 px the ViT configs do not learn shape (docs/distillation.md).
 TEACHER = "EdgeCLIP-Teacher-CNN"
 STUDENT = "EdgeCLIP-Student-CNN"
 
 
 def _train(**kw):
-    from edgeclip.distill.train import DistillConfig, train
+    from edgeclip.distill import DistillConfig, train
 
     return train(DistillConfig(**kw))
 

@@ -14,13 +14,12 @@ Candidates run interleaved in shuffled order; a round counts only when other pro
 it (the machine is shared), and the table reports the median of the kept rounds. --profile prints ORT's per-op
 profile of the baseline and edgeclip graphs at ALL.
 
-    python benchmarks/explore_onnx_speed.py [--threads 2] [--rounds 15] [--profile] [--keep DIR]
+    python -m benchmarks.explore_onnx_speed [--threads 2] [--rounds 15] [--profile] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
@@ -32,12 +31,10 @@ import open_clip
 import torch
 from timm.utils.model import reparameterize_model
 
+from benchmarks.timing import op_profile, time_interleaved
 from edgeclip.export.onnx_graph import export_onnx_graph
 from edgeclip.models.encoders import ImageEncoder, TextEncoder
 from edgeclip.runtimes.backends.ort import session_options
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.timing import op_profile, time_interleaved
 
 LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -2,14 +2,14 @@
 
 Trains a small CLIP whose image tower is MobileCLIP2's FastViT-MCi0 (the conv + attention encoder the edgeclip
 int8 recipe was tuned on) at 64x64 with a 3-layer text tower, on the built-in shapes dataset with plain CLIP
-loss (edgeclip.distill.train), then exports it to ONNX fp32, fp16 and int8 (the edgeclip recipe, calibrated on
+loss (edgeclip.distill.loop), then exports it to ONNX fp32, fp16 and int8 (the edgeclip recipe, calibrated on
 256 shapes *train* images) and reports, on the shapes *eval* split (never used for training or calibration):
 zero-shot top-1 on shape (prompt "a photo of a {shape}") and on colour ("a photo of a {colour} shape"; the shape
 label is the hard one: students trained here on this budget stay near chance on it, colour they learn), and
 mean / 1st-percentile cosine of image and text embeddings against the fp32 bundle. Also times building a
 256-image calibration set at MobileCLIP2-S0's 256x256.
 
-    python benchmarks/quantization_accuracy.py [--steps 600] [--eval 800] [--rows fp32,fp16,int8] [--json F]
+    python -m benchmarks.quantization_accuracy [--steps 600] [--eval 800] [--rows fp32,fp16,int8] [--json F]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     from edgeclip.data.shapes import CLASS_PROMPT, SHAPES, ShapesDataset, write_image_folder
-    from edgeclip.distill.train import DistillConfig, train
+    from edgeclip.distill import DistillConfig, train
     from edgeclip.export import export_bundle
     from edgeclip.runtimes import load_bundle
     from edgeclip.runtimes.preprocess import preprocess

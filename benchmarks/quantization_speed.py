@@ -11,7 +11,7 @@ rows whose files are byte-identical print that spread as the run's noise floor.
 --profile adds where the time goes: ORT's kernel time per op type for fp32 and edgeclip int8, and the image
 encoder's convolutions by kind (pointwise, depthwise k x k, full), fp32 against int8.
 
-    python benchmarks/quantization_speed.py [--threads 2] [--rounds 15] [--profile] [--json out.json] [--keep DIR]
+    python -m benchmarks.quantization_speed [--threads 2] [--rounds 15] [--profile] [--json out.json] [--keep DIR]
 
 Goal (issue 4): edgeclip int8 image encoder >= 2.0x faster than ONNX fp32 and faster than NNCF int8.
 """
@@ -22,14 +22,12 @@ import argparse
 import collections
 import hashlib
 import json
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.mc2s0 import ARCH, ORT_ROWS, build_mc2s0, build_quantized, nncf_int8
 from benchmarks.timing import node_times, op_totals, print_shares, time_interleaved
 

@@ -1,6 +1,6 @@
 """The figures issue 7 asks for: liveness and quality runtimes, measured with their own metrics (a script, not a test).
 
-    .venv/bin/python benchmarks/tasks_report.py --work /tmp/tasks_report [--json report.json]
+    .venv/bin/python -m benchmarks.tasks_report --work /tmp/tasks_report [--json report.json]
         [--skip-quality] [--skip-liveness] [--skip-latency] [--steps 2000] [--pooled-weight 1.0] [--mc2s0 BUNDLE]
         [--liveness-on both|mc2s0|trained]
 
@@ -38,16 +38,11 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 HELD_OUT = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
 TRAIN_PHOTOS = (

@@ -11,7 +11,7 @@ then reports, per engine bundle: parity as recorded at export (engine vs ONNX Ru
 measured here against ort-cuda-fp32 on the same photographs and strings, and latency p50/p90 of each encoder at
 each batch size (host arrays in, host arrays out: the copies count for every runtime alike).
 
-    python benchmarks/tensorrt_engines.py [--out trt-bench] [--batches 1,32] [--iters 200] [--json results.json]
+    python -m benchmarks.tensorrt_engines [--out trt-bench] [--batches 1,32] [--iters 200] [--json results.json]
 """
 
 from __future__ import annotations

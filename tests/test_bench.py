@@ -81,6 +81,7 @@ def test_a_bundle_run_measures_every_stage_batch_and_figure(results: dict[int, P
     assert result.label.endswith("1 threads")
 
 
+@pytest.mark.slow
 def test_model_run_exports_compares_with_eager_and_marks_what_cannot_run(tmp_path: Path) -> None:
     """--model: ONNX exported and run, CoreML exported (cannot run off Apple: ❎), PyTorch eager as the baseline;
     every row in its own worker process."""
@@ -122,6 +123,7 @@ def test_model_run_exports_compares_with_eager_and_marks_what_cannot_run(tmp_pat
     assert "✅ ran" in res.output and "vs base" in res.output and "ref" in res.output
 
 
+@pytest.mark.slow
 def test_export_failure_is_a_row_and_the_rest_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
     """A converter that is not installed (coremltools made unimportable here) fails that export: ❌ with why."""
     monkeypatch.setitem(sys.modules, "coremltools", None)
@@ -133,6 +135,7 @@ def test_export_failure_is_a_row_and_the_rest_is_measured(monkeypatch: pytest.Mo
     assert "❌ export failed" in table and f"❌ coreml:fp16: {coreml.reason}" in table
 
 
+@pytest.mark.slow
 def test_bundles_with_a_model_are_measured_against_its_eager_baseline(tiny_bundle: Path) -> None:
     """Existing bundles plus --model: no export, the PyTorch eager row is the baseline and the parity reference."""
     result = run_bench(bundles=[tiny_bundle], model=TINY, random_init=True, **FAST)

@@ -49,6 +49,7 @@ def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     assert "Example" in result.output and "edgeclip " in result.output
 
 
+@pytest.mark.slow
 def test_export_info_heads_classify_round_trip(tmp_path: Path, photo_files: list[Path]) -> None:
     out = tmp_path / "tiny.edgeclip"
     result = run("export", "--model", TINY, "--random-init", "--output", out, "--quiet")
@@ -146,6 +147,7 @@ def test_bad_input_is_one_line_with_the_right_exit_code(
     assert needle in one_line_error(result)
 
 
+@pytest.mark.slow
 def test_export_json_output(tmp_path: Path) -> None:
     result = run("export", "--model", TINY, "--random-init", "--output", tmp_path / "b", "--json", "-q")
     data = json.loads(result.output)

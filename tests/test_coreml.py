@@ -202,6 +202,7 @@ def test_spec_is_the_one_table_behind_choices_and_defaults() -> None:
 # --- the default export: fp16, tensor input, dynamic batch ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_export_is_fp16_mlprogram_with_the_recorded_interface(fp16_bundle: Path) -> None:
     bundle = load_bundle(fp16_bundle, verify=True)  # loads on Linux: only running needs macOS
     m = bundle.manifest
@@ -243,6 +244,7 @@ def test_default_export_is_fp16_mlprogram_with_the_recorded_interface(fp16_bundl
         assert out.name == "embeddings" and out.type.multiArrayType.dataType == out.type.multiArrayType.FLOAT32
 
 
+@pytest.mark.slow
 def test_fp16_was_applied_and_fp32_kept(fp16_bundle: Path, fp32_bundle: Path) -> None:
     for bundle, want in ((fp16_bundle, "fp16"), (fp32_bundle, "fp32")):
         for role in ("image", "text"):
@@ -263,6 +265,7 @@ def test_fp16_was_applied_and_fp32_kept(fp16_bundle: Path, fp32_bundle: Path) ->
     assert 1.9 < weights_bytes(fp32_bundle) / weights_bytes(fp16_bundle) < 2.05
 
 
+@pytest.mark.slow
 def test_metadata_says_what_the_model_is(fp16_bundle: Path) -> None:
     m = load_bundle(fp16_bundle).manifest
     for role in ("image", "text"):
@@ -289,6 +292,7 @@ def test_metadata_says_what_the_model_is(fp16_bundle: Path) -> None:
 SHRINK = {"int8": (3.5, 4.05), "palettize8": (3.5, 4.05), "palettize6": (4.7, 5.4), "palettize4": (6.8, 8.1)}
 
 
+@pytest.mark.slow
 def test_compression_happened_and_matches_the_pytorch_weights(
     compressed_bundle: tuple[str, Path], fp32_bundle: Path, tiny_weights
 ) -> None:
@@ -307,6 +311,7 @@ def test_compression_happened_and_matches_the_pytorch_weights(
     assert low <= ratio <= high, f"{name}: {ratio:.2f}x smaller than fp32"
 
 
+@pytest.mark.slow
 def test_pixels_input_carries_the_normalization(pixels_bundle) -> None:
     bundle, output = pixels_bundle
     m = load_bundle(bundle).manifest
@@ -455,6 +460,7 @@ def test_batch_pieces_fit_the_sizes_a_package_accepts() -> None:
 # --- on Linux: the bundle loads, running it says why not ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ON_MAC, reason="on macOS CoreML bundles run")
 def test_running_off_macos_says_coreml_needs_apple_platforms(fp16_bundle: Path, photos, photo_files) -> None:
     bundle = load_bundle(fp16_bundle)
@@ -520,6 +526,7 @@ def test_onnx_refuses_coreml_options_and_cli_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "expected one of int8, palettize4" in result.output
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(fp16_bundle: Path) -> None:
     with pytest.raises(UsageError, match="--force"):
         export_bundle(TINY, output=fp16_bundle, target="coreml", random_init=True)
@@ -600,6 +607,7 @@ def _reference(bundle: Path):
     return loaded.model.eval()
 
 
+@pytest.mark.slow
 @needs_mac
 def test_fp16_predictions_match_pytorch(fp16_bundle: Path, photos) -> None:
     from edgeclip.runtimes.preprocess import preprocess
@@ -616,6 +624,7 @@ def test_fp16_predictions_match_pytorch(fp16_bundle: Path, photos) -> None:
     assert all(enc.parity.min_cosine >= 0.999 for enc in bundle.manifest.encoders.values())
 
 
+@pytest.mark.slow
 @needs_mac
 def test_pixels_and_enumerated_batches_match_pytorch(pixels_bundle, photos) -> None:
     from edgeclip.runtimes.preprocess import preprocess

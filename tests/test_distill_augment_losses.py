@@ -151,3 +151,31 @@ def test_to_tensor_gives_contiguous_nchw() -> None:
     x = to_tensor(images, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     assert x.shape == (2, 3, 6, 8) and x.is_contiguous()
     assert x[0, 0].eq(1).all() and x[0, 2].eq(0).all() and x[1, 2].eq(1).all()
+
+
+def test_kd_targets_registry_lists_losses_refuses_duplicates_and_matches_the_cli() -> None:
+    from edgeclip.cli import cli
+    from edgeclip.distill.batches import TrainItem
+    from edgeclip.distill.kd_targets import get_kd_targets, list_losses, register_kd_targets
+
+    assert list_losses() == ["reinforced", "clip", "online"]
+    with pytest.raises(ValueError, match="'clip' is already registered"):
+        register_kd_targets("clip", uses_teachers=False, help="again")(lambda manifest, interpolation: None)
+    assert list_losses() == ["reinforced", "clip", "online"] and get_kd_targets("clip").help == "plain contrastive"
+    with pytest.raises(UsageError, match="--loss must be one of reinforced, clip, online, got 'kd'"):
+        get_kd_targets("kd")
+    loss_option = next(p for p in cli.commands["distill"].params if p.name == "loss")
+    assert list(loss_option.type.choices) == list_losses()
+
+    rng = np.random.default_rng(0)
+    rows = [rng.standard_normal((3, 8)).astype(np.float32) for _ in range(2)]  # per item: image, text, synthetic
+    items = [TrainItem(f"u{i}", Image.new("RGB", (4, 4)), "c", "s", r[0], r[1], r[2]) for i, r in enumerate(rows)]
+    cpu = torch.device("cpu")
+    image, texts = get_kd_targets("reinforced").build(None, "bilinear")(items, [["c", "c"], ["s", "s"]], cpu)
+    assert torch.equal(image, torch.from_numpy(np.stack([r[0] for r in rows])))
+    assert [t.tolist() for t in texts] == [np.stack([r[j] for r in rows]).tolist() for j in (1, 2)]
+    _, real_only = get_kd_targets("reinforced").build(None, "bilinear")(items, [["c", "c"]], cpu)
+    assert len(real_only) == 1
+    assert get_kd_targets("clip").build(None, "bilinear")(items, [["c", "c"]], cpu) == (None, None)
+    with pytest.raises(UsageError, match="--loss online needs reinforced shards"):
+        get_kd_targets("online").build(None, "bilinear")

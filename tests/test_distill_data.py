@@ -242,3 +242,39 @@ def test_a_coca_captioner_writes_sampled_synthetic_captions(teacher_files, tmp_p
     assert len(syn) == 2 and all(isinstance(c, str) and c for c in syn)
     assert syn[0] != syn[1]  # top-p sampling: two draws, two captions
     assert reader.read(0).text_emb.shape == (3, 64)
+
+
+def test_a_shard_cut_at_any_tar_block_boundary_has_every_promised_sample_read_or_reported(
+    shards: Path, tmp_path: Path
+) -> None:
+    """Cut a shard at every 512-byte block boundary: each sample its stats.json promises is read or counted missing."""
+    copy = tmp_path / "cut"
+    copy.mkdir()
+    for name in (MANIFEST_NAME, "00000.stats.json", "00001.tar", "00001.stats.json"):
+        shutil.copy(shards / name, copy / name)
+    original = (shards / "00000.tar").read_bytes()
+    promised = json.loads((shards / "00000.stats.json").read_text())["samples"]
+    assert promised == 12 and len(original) % 512 == 0
+    cut_shard = str(copy / "00000.tar")
+    short = []  # (cut, readable samples, the reader) where some promised sample cannot be read
+    for cut in range(0, len(original) + 1, 512):
+        (copy / "00000.tar").write_bytes(original[:cut])
+        reader = ReinforcedShards(copy)
+        readable = 0
+        for index, (path, _) in enumerate(reader.samples):
+            if path.name == "00000.tar":
+                try:
+                    reader.read(index)
+                    readable += 1
+                except SampleError:
+                    pass
+        reader.close()
+        if readable < promised:
+            short.append((cut, readable, reader))
+    assert readable == promised and short  # the whole file holds them all (as do cuts in its zero padding)
+    silent = [cut for cut, _, reader in short if cut_shard not in reader.corrupt_shards]
+    assert not silent, f"samples lost with no sign when the shard is cut at bytes {silent[:8]}..."
+    for cut, readable, reader in short:
+        # Named, and the count adds up: every indexed sample is readable, every other one is counted missing.
+        assert reader.corrupt_shards[cut_shard], cut
+        assert reader.missing_samples[cut_shard] == promised - readable, cut

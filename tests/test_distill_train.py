@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgeclip.cli import cli
+from edgeclip.distill import DistillConfig, train
 from edgeclip.distill.augment import AugmentConfig, AugmentParams, params_to_json
 from edgeclip.distill.shards import reinforce
 from edgeclip.distill.tario import write_tar
-from edgeclip.distill.train import DistillConfig, train
 from edgeclip.errors import UsageError
 from edgeclip.models.loading import read_state_dict
 from tests.conftest import write_random_checkpoint
@@ -66,6 +66,7 @@ def _step_uids(run: Path) -> dict[int, list[str]]:
     return steps
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly_without_repeating_or_dropping_samples(material, tmp_path: Path) -> None:
     reference = train(_config(material["shards"], tmp_path / "ref"))
     assert reference.steps == 8 and (tmp_path / "ref" / "model.safetensors").is_file()
@@ -110,6 +111,58 @@ def test_resume_refuses_another_student_or_teacher_set(material, tmp_path: Path)
         train(_config(data, tmp_path / "run", steps=1, resume=True))
 
 
+def test_an_interrupted_run_with_no_checkpoint_restarts_on_a_plain_rerun_or_resume(material, tmp_path: Path) -> None:
+    """Interrupted before its first checkpoint: rerunning the same command trains from step 0, log and all."""
+    reference = tmp_path / "ref"
+    train(_config(material["shards"], reference, steps=4, checkpoint_every=0))
+
+    def interrupt_at_step_2(entry: dict) -> None:
+        if entry["event"] == "step" and entry["step"] == 2:
+            raise KeyboardInterrupt
+
+    for resume in (False, True):
+        run = tmp_path / f"run-{resume}"
+        with pytest.raises(KeyboardInterrupt):
+            train(_config(material["shards"], run, steps=4, checkpoint_every=0), interrupt_at_step_2)
+        assert (run / "run.json").is_file() and not list((run / "checkpoints").glob("step_*"))
+        again = train(_config(material["shards"], run, steps=4, checkpoint_every=0, resume=resume))
+        assert again.steps == 4 and again.resumed_from == 0
+        # The interrupted attempt's step lines are gone: the log reads as one uninterrupted run.
+        assert _step_uids(run) == _step_uids(reference)
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_the_setting(material, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(_config(material["shards"], run, steps=1, checkpoint_every=0))
+    for resume in (False, True):
+        with pytest.raises(UsageError, match=r"batch_size \(4 -> 8\)") as e:
+            train(_config(material["shards"], run, steps=1, batch_size=8, resume=resume))
+        assert "\n" not in str(e.value) and "--output" in str(e.value)
+    with pytest.raises(UsageError, match=r"holds a run: pass --resume to continue it from step 1"):
+        train(_config(material["shards"], run, steps=1))
+
+
+def test_the_cli_warns_naming_a_corrupt_shard_and_counts_it_in_the_summary(material, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(material["shards"], data)
+    whole = (data / "00001.tar").read_bytes()
+    (data / "00001.tar").write_bytes(whole[: len(whole) // 2])
+    args = ["distill", "--data", str(data), "--model", STUDENT, "--steps", "1", "--batch-size", "4",
+            "--warmup", "1", "--quiet", "--output"]  # fmt: skip
+    out = CliRunner().invoke(cli, [*args, str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output[-2000:]
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(data / "00001.tar") in warnings[0], out.stderr
+    summary = [line for line in out.stdout.splitlines() if "corrupt shard" in line]
+    assert len(summary) == 1 and "1 corrupt shard" in summary[0], out.stdout
+    report = json.loads(CliRunner().invoke(cli, [*args, str(tmp_path / "json"), "--json"]).stdout)
+    assert list(report["corrupt_shards"]) == [str(data / "00001.tar")]
+    assert 0 < report["missing_samples"] <= 8 and f"{report['missing_samples']} sample" in summary[0]
+
+
+@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one_process_with_the_global_batch(material, tmp_path: Path) -> None:
     single = train(_config(material["shards"], tmp_path / "one", steps=2, batch_size=8, checkpoint_every=0))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -210,12 +263,12 @@ def test_corrupt_samples_are_skipped_counted_and_logged(material, tmp_path: Path
 
 
 def test_plain_clip_mixes_extra_captions_per_uid_deterministically(material, tmp_path: Path) -> None:
-    from edgeclip.distill.train import _Data
+    from edgeclip.distill.batches import TrainingData
 
     config = DistillConfig(model=STUDENT, data="shapes:train:24", output=str(tmp_path / "r"), loss="clip",
                            captions=str(material["captions"]))  # fmt: skip
-    data = _Data(config, (64, 64))
-    plain = _Data(DistillConfig(model=STUDENT, data="shapes:train:24", output=str(tmp_path / "p"), loss="clip"),
+    data = TrainingData(config, (64, 64))
+    plain = TrainingData(DistillConfig(model=STUDENT, data="shapes:train:24", output=str(tmp_path / "p"), loss="clip"),
                   (64, 64))  # fmt: skip
     extra = {json.loads(line)["uid"]: json.loads(line)["captions"]
              for line in material["captions"].read_text().splitlines()}  # fmt: skip
@@ -254,6 +307,7 @@ def test_cli_help_examples_and_bad_input_messages(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "unknown model 'NoSuchArch'" in out.output
 
 
+@pytest.mark.slow
 def test_quickstart_fast_runs_the_whole_story_and_the_bundle_agrees(tmp_path: Path) -> None:
     from edgeclip.distill.quickstart import STUDENT as quickstart_student
     from edgeclip.runtimes import load_bundle

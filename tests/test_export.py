@@ -85,6 +85,7 @@ def test_loading_a_checkpoint_does_not_log_that_the_model_is_random(tiny_state, 
     assert [r for r in caplog.records if "initialized randomly" in r.getMessage()]
 
 
+@pytest.mark.slow
 def test_export_from_checkpoint_records_the_file(tiny_state, tmp_path: Path) -> None:
     ckpt = _save("safetensors", tiny_state, tmp_path / "tiny.safetensors")
     out = export_bundle(TINY, str(ckpt), tmp_path / "b.edgeclip", preprocess={"interpolation": "bilinear"})
@@ -158,6 +159,7 @@ def test_pretrained_tag_offline_says_to_pass_a_local_file() -> None:
         load_model("MobileCLIP2-S0", "dfndr2b")
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force_and_force_only_replaces_bundles(tiny_bundle_copy: Path, tmp_path: Path) -> None:
     before = (tiny_bundle_copy / "manifest.json").read_text()
     with pytest.raises(UsageError, match="exists: pass --force"):

@@ -77,6 +77,7 @@ def exported(tiny_clip: torch.nn.Module, tmp_path_factory: pytest.TempPathFactor
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tower", ["image", "text"])
 def test_export_runs_in_onnxruntime_with_dynamic_batch(exported: dict, tower: str):
     encoder, name, inputs, path = exported[tower]
@@ -98,6 +99,7 @@ def test_export_runs_in_onnxruntime_with_dynamic_batch(exported: dict, tower: st
         np.testing.assert_allclose(got, expected[:batch], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_image_graph_rewrites_applied(exported: dict, tmp_path: Path):
     path = exported["image"][3]
     model = onnx.load(str(path))

@@ -142,6 +142,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_trainer_ranks_levels_better_and_its_checkpoint_exports(tmp_path: Path, photos, one_torch_thread) -> None:
     import torch
 

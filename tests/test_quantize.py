@@ -58,6 +58,7 @@ def _lower(tiny_bundle: Path, out_dir: Path, precision: str, calib_npz: Path | N
     return lower_precision(fp32, out, request, calib, m.preprocess, tokenizer), out
 
 
+@pytest.mark.slow
 def test_int8_export_from_the_cli_records_calibration_and_gate(
     calib_npz: Path, tmp_path: Path, photo_files: list[Path]
 ) -> None:
@@ -89,6 +90,7 @@ def test_int8_export_from_the_cli_records_calibration_and_gate(
     assert bundle.encode_image(photo_files).shape == (3, bundle.embed_dim)
 
 
+@pytest.mark.slow
 def test_cli_export_prints_calibration_warnings_as_single_lines(tmp_path: Path) -> None:
     """A folder calibration's warnings (too few images, an unreadable one) reach the user as `warning:` lines."""
     from edgeclip.cli import cli
@@ -158,6 +160,7 @@ def test_gate_fails_the_export_when_the_drop_is_too_large(tiny_bundle: Path, cal
         _lower(tiny_bundle, tmp_path, "int8", calib_npz, max_cosine_drop=0.0)
 
 
+@pytest.mark.slow
 def test_auto_exclude_keeps_the_worst_nodes_in_float(tiny_bundle: Path, calib_npz: Path, tmp_path: Path) -> None:
     plain, out = _lower(tiny_bundle, tmp_path / "plain", "int8", calib_npz, text_int8="static")
     assert plain["text_int8"] == "static" and {"QuantizeLinear", "DequantizeLinear"} <= _ops(out[1])
@@ -396,7 +399,7 @@ def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path: Path, pa
     assert session.run(None, {"x": x[:1]})[0].shape == (1, 8, 16, 16)
 
 
-@pytest.mark.parametrize("method", ["percentile", "entropy"])
+@pytest.mark.parametrize("method", ["percentile", pytest.param("entropy", marks=pytest.mark.slow)])
 def test_histogram_calibration_in_one_batch_chunks_matches_one_chunk(tmp_path: Path, monkeypatch, method: str) -> None:
     """Fed one batch at a time (a big model), the histogram calibrators give about the ranges of a single pass."""
     from edgeclip.calibration import feeds

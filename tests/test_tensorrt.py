@@ -84,6 +84,7 @@ def assert_tensorrt_qdq(path: Path) -> int:
 # --- the Q/DQ graph ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ready_bundle_holds_tensorrt_qdq_graphs_that_match_fp32(ready_bundle: Path, tiny_bundle: Path, photos) -> None:
     ready, fp32 = load_bundle(ready_bundle), load_bundle(tiny_bundle)
     assert ready.manifest.source.weights_sha256 == fp32.manifest.source.weights_sha256  # same random weights
@@ -112,6 +113,7 @@ def test_ready_bundle_holds_tensorrt_qdq_graphs_that_match_fp32(ready_bundle: Pa
     assert "--optShapes=pixels:8x3x64x64" in image_line and "--memPoolSize=workspace:2048M" in image_line
 
 
+@pytest.mark.slow
 def test_fp16_ready_graphs_are_float16_with_float32_io(tmp_path: Path, tiny_bundle: Path, photos) -> None:
     out = tmp_path / "fp16.edgeclip"
     m = export_bundle(
@@ -131,6 +133,7 @@ def test_fp16_ready_graphs_are_float16_with_float32_io(tmp_path: Path, tiny_bund
     assert cos.min() >= 0.999 and m.target_info["onnx_stage"]["text"]["vs_fp32_onnxruntime"]["min_cosine"] >= 0.999
 
 
+@pytest.mark.slow
 def test_ready_bundle_cannot_run_as_engines(ready_bundle: Path, photos) -> None:
     bundle = load_bundle(ready_bundle)
     with pytest.raises(RuntimeUnavailable, match="TensorRT-ready ONNX graph .* not an engine"):

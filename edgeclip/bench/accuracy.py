@@ -14,6 +14,7 @@ import numpy as np
 from edgeclip.bench.results import Accuracy
 from edgeclip.data.images import list_images
 from edgeclip.errors import UsageError
+from edgeclip.metrics.zeroshot import zero_shot_top1
 from edgeclip.runtimes.heads import Head
 from edgeclip.runtimes.templates import resolve_templates
 
@@ -71,13 +72,7 @@ def write_shapes_eval(out_dir: Path, count: int, seed: int = 0) -> Path:
     return write_image_folder(ShapesDataset("eval", size=SHAPES_IMAGE_SIZE, seed=seed), out_dir, count)
 
 
-def zero_shot_top1(image_embeddings: np.ndarray, head: Head, logit_scale: float, labels: tuple[int, ...]) -> float:
-    """Share of images whose highest-scoring class is their label."""
-    predicted = head.logits(image_embeddings, logit_scale).argmax(axis=1)
-    return float(np.mean(predicted == np.asarray(labels)))
-
-
 def accuracy_of(data: LabelledImages, image_embeddings: np.ndarray, head: Head, logit_scale: float) -> Accuracy:
     """Zero-shot top-1 of precomputed image embeddings against a head of the dataset's classes."""
-    top1 = zero_shot_top1(image_embeddings, head, logit_scale, data.labels)
+    top1 = zero_shot_top1(head.logits(image_embeddings, logit_scale), data.labels)
     return Accuracy(dataset=data.name, images=len(data.paths), classes=len(data.classes), top1=round(top1, 6))

@@ -258,8 +258,8 @@ def distill(
     """
     import torch
 
+    from edgeclip.distill import DistillConfig, train
     from edgeclip.distill.distributed import world_from_env
-    from edgeclip.distill.train import DistillConfig, train
 
     if threads:
         torch.set_num_threads(threads)
@@ -297,6 +297,11 @@ def distill(
         click.echo(f"  zero-shot top-1: {result.final_top1:.3f}")
     if result.skipped_samples:
         click.echo(f"  {result.skipped_samples} unusable sample(s) skipped (see {output}/log.jsonl)")
+    if result.corrupt_shards:
+        click.echo(
+            f"  {len(result.corrupt_shards)} corrupt shard(s) read in part: {result.missing_samples} sample(s) "
+            "missing (named in the warnings above)"
+        )
     click.echo(f"  export: edgeclip export --model {model} --pretrained {result.model_path} --output student.edgeclip")
 
 

@@ -187,9 +187,12 @@ def quickstart(
 ) -> QuickstartResult:
     """Teacher → reinforce → distill → export → classify on shapes, offline; returns the summary."""
     from edgeclip.distill.augment import AugmentConfig
+    from edgeclip.distill.config import DistillConfig
+    from edgeclip.distill.evaluate import open_eval_set
+    from edgeclip.distill.loop import train
     from edgeclip.distill.shards import reinforce
-    from edgeclip.distill.train import DistillConfig, open_eval_set, train
     from edgeclip.export import export_bundle
+    from edgeclip.metrics.zeroshot import zero_shot_top1
     from edgeclip.runtimes import ZeroShotClassifier, load_bundle
 
     say = on_step or (lambda _m: None)
@@ -249,12 +252,12 @@ def quickstart(
     classifier = ZeroShotClassifier(bundle, labels=list(eval_set.labels), templates=list(eval_set.templates))
     bundle.save_head(classifier.head)
     logits = classifier.logits(eval_set.images, batch_size=128)
-    bundle_top1 = float((logits.argmax(axis=1) == eval_set.targets).mean())
+    bundle_top1 = zero_shot_top1(logits, eval_set.targets)
     colors = eval_set.also[0]
     color_logits = ZeroShotClassifier(bundle, labels=list(colors.labels), templates=list(colors.templates)).logits(
         colors.images, batch_size=128
     )
-    bundle_color = float((color_logits.argmax(axis=1) == colors.targets).mean())
+    bundle_color = zero_shot_top1(color_logits, colors.targets)
     samples = output / "samples"
     samples.mkdir(exist_ok=True)
     from PIL import Image

@@ -321,10 +321,12 @@ def reinforce(
             count += len(batch)
             if on_progress:
                 on_progress(min(lo + batch_size, last) - lo)
+        # The count first, then the shard: a shard in place always has the count the reader checks it against.
+        stats = output / f"{shard:05d}.stats.json"
+        tmp = stats.with_name(f".{stats.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"samples": len(samples), "failed": shard_failed}, indent=1), encoding="utf-8")
+        os.replace(tmp, stats)
         bytes_written += write_tar(path, samples)
-        (output / f"{shard:05d}.stats.json").write_text(
-            json.dumps({"samples": len(samples), "failed": shard_failed}, indent=1)
-        )
         failed.update(shard_failed)
         written.append(path.name)
     return ReinforceResult(
@@ -414,6 +416,22 @@ class SampleError(DatasetError):
     """One stored sample cannot be used (missing member, bad JSON or npz, wrong shape); training skips it."""
 
 
+_REQUIRED = frozenset({"npz", "paug.json"})  # members without which a stored sample cannot be trained on
+
+
+def _stats_name(path: Path) -> str:
+    return f"{path.name.removesuffix('.tar')}.stats.json"
+
+
+def _promised_samples(path: Path) -> int | None:
+    """How many samples `reinforce` wrote into a shard (its NNNNN.stats.json), or None where none is recorded."""
+    try:
+        count = json.loads((path.parent / _stats_name(path)).read_text(encoding="utf-8"))["samples"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return count if isinstance(count, int) and count >= 0 else None
+
+
 class ReinforcedShards:
     """Random access to the samples of reinforced shards, checked against their dataset manifest."""
 
@@ -430,13 +448,20 @@ class ReinforcedShards:
             manifest = DatasetManifest.read(found[0])
         self.manifest = manifest
         self.samples: list[tuple[Path, TarSample]] = []
-        self.corrupt_shards: dict[str, str] = {}
+        self.corrupt_shards: dict[str, str] = {}  # shard -> why it could be read only in part
+        self.missing_samples: dict[str, int | None] = {}  # corrupt shard -> samples it promised and lost
         self._reader = TarReader()
         for path in self.paths:
             samples, error = index_tar(path)
+            samples = [s for s in samples if s.members]
+            if error and samples and not _REQUIRED.issubset(samples[-1].members):
+                samples.pop()  # the sample the cut ran through: its last members are gone
+            promised = _promised_samples(path)
+            if not error and promised is not None and len(samples) < promised:
+                error = f"holds {len(samples)} samples where its {_stats_name(path)} records {promised}"
             if error:
                 self.corrupt_shards[str(path)] = error
-            samples = [s for s in samples if s.members]
+                self.missing_samples[str(path)] = None if promised is None else max(0, promised - len(samples))
             if samples:
                 self._check_shard(path, samples)
             self.samples.extend((path, s) for s in samples)

@@ -92,6 +92,7 @@ def index_tar(path: Path) -> tuple[list[TarSample], str | None]:
                     error = f"{type(e).__name__}: {' '.join(str(e).split()) or 'corrupt header'}"
                     break
                 if info is None:
+                    error = _end_problem(tar)
                     break
                 if not info.isfile():
                     continue
@@ -108,6 +109,23 @@ def index_tar(path: Path) -> tuple[list[TarSample], str | None]:
         samples = [s for s in samples if s not in truncated]
         error = error or f"truncated: {len(truncated)} sample(s) run past the end of the file"
     return samples, error
+
+
+def _end_problem(tar: tarfile.TarFile) -> str | None:
+    """Why reading stopped where `tarfile` saw no further member, unless it is a real end-of-archive block.
+
+    `tarfile` ends quietly at a header cut short or missing (a file truncated at a block boundary) and at an
+    invalid header; only a zero block is the end a writer leaves, so anything else means lost members.
+    """
+    if tar.fileobj is None:
+        return None
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+        return f"truncated: the file ends at byte {tar.offset + len(block)} with no end-of-archive marker"
+    if block.count(0) != tarfile.BLOCKSIZE:
+        return f"corrupt header at byte {tar.offset}: members after it cannot be read"
+    return None
 
 
 class TarReader:

@@ -125,7 +125,7 @@ class QualityTrainConfig:
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class QualityTrainResult:
     """The checkpoint written, the loss per logged step and the probe's pair-ranking accuracy before and after."""
 
     path: Path
@@ -299,7 +299,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path, metadata: dict[str, str]
 
 def train_quality(
     config: QualityTrainConfig, output: str | Path, on_log: StepCallback | None = None, log_every: int = 25
-) -> TrainResult:
+) -> QualityTrainResult:
     """Fine-tune a CLIP on synthetically degraded crops with margin-ranking losses; write a safetensors checkpoint."""
     import open_clip
 
@@ -403,4 +403,4 @@ def train_quality(
         "config": json.dumps(config.to_dict()),
     }
     path = save_checkpoint(model, output, metadata)
-    return TrainResult(path, history, before, after, time.perf_counter() - started)
+    return QualityTrainResult(path, history, before, after, time.perf_counter() - started)
