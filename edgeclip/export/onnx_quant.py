@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,6 @@ from edgeclip.errors import ExportError, UsageError
 from edgeclip.export.accuracy_gate import GATE_PROMPT, GateReport, measure_gate
 from edgeclip.export.quantize import (
     RECIPES,
-    check_method,
     convert_fp16,
     quantize_dynamic_int8,
     quantize_static_int8,
@@ -34,12 +34,10 @@ from edgeclip.export.quantize import (
 )
 from edgeclip.runtimes.preprocess import PreprocessSpec
 
-OPTIONS = ("calibration", "calibration_method", "auto_exclude", "dynamic", "max_cosine_drop", "text_int8")
 # Static int8 quantizes the image encoder from the calibration set; the text encoder is quantized dynamically
 # unless asked: on MobileCLIP2-S0 (2 threads, AVX-512 VNNI) dynamic text int8 ran 14.7 ms against static 23.2 ms
 # (fp32 51.9) and stayed closer to fp32 on a shapes-trained model (mean cosine 0.99998 vs 0.99995);
 # benchmarks/test_quantization.py and benchmarks/quantization_accuracy.py measure both.
-TEXT_INT8_MODES = ("dynamic", "static")
 AUTO_EXCLUDE_DROP = 0.01  # the gate --auto-exclude works towards when --max-cosine-drop is not given
 AUTO_EXCLUDE_STEP = 0.1  # fraction of the quantized nodes kept in float per round, worst first
 SENSITIVITY_INPUTS = 8  # calibration inputs the per-node sensitivity pass runs on
@@ -47,7 +45,7 @@ SENSITIVITY_INPUTS = 8  # calibration inputs the per-node sensitivity pass runs 
 
 @dataclass(frozen=True)
 class PrecisionRequest:
-    """The validated int8/fp16 target options."""
+    """The validated int8/fp16 request: a precision and the ONNX target's options that shape it."""
 
     precision: str
     calibration: object | None  # a CalibrationSet, or a path to a .npz, a folder or a captions file
@@ -55,62 +53,31 @@ class PrecisionRequest:
     auto_exclude: bool
     dynamic: bool
     max_cosine_drop: float | None
-    text_int8: str = "dynamic"  # static int8 only: how the text encoder is quantized (TEXT_INT8_MODES)
+    text_int8: str = "dynamic"  # static int8 only: how the text encoder is quantized ("dynamic" or "static")
+
+    @classmethod
+    def of(cls, precision: str, options: Any) -> PrecisionRequest:
+        """The request from typed target options (OnnxOptions, or any with `calibration`/`calibration_method`)."""
+        return cls(
+            precision,
+            options.calibration,
+            options.calibration_method,
+            getattr(options, "auto_exclude", False),
+            getattr(options, "dynamic", False),
+            getattr(options, "max_cosine_drop", None),
+            getattr(options, "text_int8", "dynamic"),
+        )
 
     def static_roles(self) -> tuple[str, ...]:
         """The encoders quantized statically from the calibration set."""
         return ("image", "text") if self.text_int8 == "static" else ("image",)
 
 
-def parse_options(precision: str, options: dict[str, object]) -> PrecisionRequest:
-    """Check the ONNX target's precision options before any work; UsageError names the bad one."""
-    calibration = options.get("calibration")
-    if isinstance(calibration, (list, tuple)):
-        if len(calibration) != 1:
-            raise UsageError(
-                f"the onnx target takes one --calibration (a .npz, folder or captions file), got {len(calibration)}"
-            )
-        calibration = calibration[0]
-    dynamic = bool(options.get("dynamic", False))
-    auto_exclude = bool(options.get("auto_exclude", False))
-    method = check_method(str(options.get("calibration_method", "minmax")))
-    drop = options.get("max_cosine_drop")
-    if drop is not None:
-        drop = float(drop)
-        if not 0.0 <= drop <= 1.0:
-            raise UsageError(f"max_cosine_drop is {drop}: expected a number between 0 and 1")
-    if precision == "fp32" and drop is not None:
-        raise UsageError("--max-cosine-drop gates fp16 and int8 exports against fp32; it does not apply to fp32")
-    if precision != "int8":
-        given = [k for k in ("calibration", "calibration_method", "auto_exclude", "dynamic") if options.get(k)]
-        if given:
-            raise UsageError(f"option {given[0]!r} only applies to --precision int8 (got --precision {precision})")
-    elif calibration is None and not dynamic:
-        raise UsageError(
-            "--precision int8 needs --calibration (a .npz from `edgeclip calibrate`, or a folder of "
-            "images), or --dynamic for dynamic int8 without calibration"
-        )
-    elif calibration is not None and dynamic:
-        raise UsageError("--dynamic quantizes without calibration: drop --calibration, or drop --dynamic")
-    if auto_exclude and dynamic:
-        raise UsageError("--auto-exclude needs static int8 (a --calibration set), not --dynamic")
-    text_int8 = options.get("text_int8")
-    if text_int8 is not None:
-        if text_int8 not in TEXT_INT8_MODES:
-            raise UsageError(f"--text-int8 is {text_int8!r}: expected one of {', '.join(TEXT_INT8_MODES)}")
-        if precision != "int8" or dynamic:
-            raise UsageError(
-                "--text-int8 chooses how static int8 (--precision int8 --calibration) quantizes the "
-                "text encoder; it does not apply here"
-            )
-    if calibration is not None and not isinstance(calibration, CalibrationSet):
-        path = Path(str(calibration))
-        if not path.exists():
-            raise UsageError(
-                f"calibration {path} does not exist: expected a .npz, a folder of images or a captions file"
-            )
-        calibration = path
-    return PrecisionRequest(precision, calibration, method, auto_exclude, dynamic, drop, text_int8 or "dynamic")
+def parse_options(precision: str, options: Mapping[str, object]) -> PrecisionRequest:
+    """The ONNX target's options checked for `precision` before any work; UsageError names the bad one."""
+    from edgeclip.export.targets import get_target
+
+    return PrecisionRequest.of(precision, get_target("onnx").parse_options(options, precision))
 
 
 def resolve_calibration(source: object, spec: PreprocessSpec) -> CalibrationSet:

@@ -3,13 +3,85 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from edgeclip.errors import UsageError
 from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders, ExportOptions
+from edgeclip.export.quantize import CALIBRATION_METHODS
+from edgeclip.export.target_options import Choice, File, Flag, Float, TargetOptions, option, options_of
 from edgeclip.export.targets import TargetSpec, register_target
 from edgeclip.runtimes.manifest import TensorSpec
 
 DEFAULT_OPSET = 18
+CALIBRATION_SOURCES = "a .npz from `edgeclip calibrate`, a folder of images or a captions file"
+# Static int8 quantizes the image encoder from the calibration set; the text encoder is quantized dynamically
+# unless asked (faster and closer to fp32 on MobileCLIP2-S0: see edgeclip.export.onnx_quant).
+TEXT_INT8_MODES = ("dynamic", "static")
+
+
+def calibration_option(help: str) -> Any:
+    """The --calibration option as the ONNX-based targets declare it (one set, read the same way by each)."""
+    return option(File(CALIBRATION_SOURCES), help=help, precisions=("int8",))
+
+
+def calibration_method_option() -> Any:
+    """The --calibration-method option as the ONNX-based targets declare it."""
+    return option(
+        Choice(CALIBRATION_METHODS),
+        CALIBRATION_METHODS[0],
+        help="int8: how activation ranges are calibrated (percentile clips outliers; entropy minimizes KL "
+        "divergence and is the slowest)",
+        precisions=("int8",),
+    )
+
+
+@dataclass(frozen=True)
+class OnnxOptions(TargetOptions):
+    """The ONNX target's options: how fp16/int8 encoders are made and gated against fp32."""
+
+    calibration: Path | None = calibration_option(
+        "int8: the calibration set (.npz from `edgeclip calibrate`) or a folder of images"
+    )
+    calibration_method: str = calibration_method_option()
+    auto_exclude: bool = option(
+        Flag(),
+        False,
+        help="int8: keep the most sensitive nodes in float until the accuracy gate passes",
+        precisions=("int8",),
+    )
+    dynamic: bool = option(Flag(), False, help="int8: dynamic int8 (MatMul/Gemm), no calibration", precisions=("int8",))
+    text_int8: str = option(
+        Choice(TEXT_INT8_MODES),
+        "dynamic",
+        help="static int8: how the text encoder is quantized (dynamic: faster and closer to fp32 on MobileCLIP2-S0)",
+        precisions=("int8",),
+    )
+    max_cosine_drop: float | None = option(
+        Float(0.0, 1.0),
+        help="fp16/int8: fail when an encoder's mean cosine to fp32 on held-out inputs drops by more than this",
+        precisions=("fp16", "int8"),
+    )
+
+    def check(self, precision: str) -> OnnxOptions:
+        if precision == "int8" and self.calibration is None and not self.dynamic:
+            raise UsageError(
+                "--precision int8 needs --calibration (a .npz from `edgeclip calibrate`, or a folder of "
+                "images), or --dynamic for dynamic int8 without calibration"
+            )
+        if self.calibration is not None and self.dynamic:
+            raise UsageError("--dynamic quantizes without calibration: drop --calibration, or drop --dynamic")
+        if self.auto_exclude and self.dynamic:
+            raise UsageError("--auto-exclude needs static int8 (a --calibration set), not --dynamic")
+        if self.text_int8 != "dynamic" and self.dynamic:
+            raise UsageError(
+                "--text-int8 chooses how static int8 (--precision int8 --calibration) quantizes the "
+                "text encoder; it does not apply here"
+            )
+        return self
+
+
 SPEC = TargetSpec(
     name="onnx",
     description="ONNX graphs for ONNX Runtime (CPU, CUDA, TensorRT, CoreML and other execution providers)",
@@ -17,7 +89,7 @@ SPEC = TargetSpec(
     file_suffix=".onnx",
     dynamic_batch=True,
     extra=None,
-    options=("calibration", "calibration_method", "auto_exclude", "dynamic", "max_cosine_drop", "text_int8"),
+    options_type=OnnxOptions,
 )
 
 _DTYPES = {"torch.float32": "float32", "torch.int64": "int64", "torch.int32": "int32", "torch.float16": "float16"}
@@ -32,15 +104,7 @@ def _encoder_file(file: str, example, input_name: str, embed_dim: int) -> Encode
     )
 
 
-def _validate(options: ExportOptions) -> ExportOptions:
-    """int8/fp16 options are checked before the model loads (int8 without calibration or --dynamic fails here)."""
-    from edgeclip.export.onnx_quant import parse_options
-
-    parse_options(options.precision, options.target_options)
-    return options
-
-
-@register_target(SPEC, validate=_validate)
+@register_target(SPEC)
 def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> EncoderFiles:
     """Write image_encoder.onnx and text_encoder.onnx into `out_dir`."""
     import onnx
@@ -68,10 +132,10 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
 
 def _export_lower_precision(encoders: Encoders, out_dir: Path, options: ExportOptions, opset: int) -> EncoderFiles:
     """Export fp32 to a temp folder, then write fp16 or int8 encoders into `out_dir`, gated against the fp32 ones."""
-    from edgeclip.export.onnx_quant import lower_precision, parse_options, resolve_calibration
+    from edgeclip.export.onnx_quant import PrecisionRequest, lower_precision, resolve_calibration
     from edgeclip.runtimes.tokenizer import Tokenizer
 
-    request = parse_options(options.precision, options.target_options)
+    request = PrecisionRequest.of(options.precision, options_of(options, OnnxOptions))
     # Before the fp32 export: a calibration set made for other preprocessing fails here, fast.
     calib = resolve_calibration(request.calibration, encoders.preprocess) if request.calibration is not None else None
     tokenizer = Tokenizer.from_file(out_dir / "tokenizer.json", encoders.tokenizer)
