@@ -74,15 +74,18 @@ def _split_options(item: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
 
 
 def _check_export_request(cand: Candidate) -> Candidate:
-    """The target's own check of precision and options, before any model is loaded; the candidate with its typed
-    options, or a UsageError naming the problem (RuntimeUnavailable where this machine cannot build it)."""
+    """The target's own check of precision and options, before any model is loaded: the candidate with its typed
+    options (and, where this machine cannot build it, why: an ❌ row), or a UsageError naming the problem."""
     from edgeclip.export.options import ExportOptions
     from edgeclip.export.targets import get_target
 
     target = get_target(cand.target)
     parsed = target.parse_options(dict(cand.options), cand.precision)  # the one parser: the CLI flags use it too
     cand = replace(cand, target_options=parsed)
-    target.validate_options(ExportOptions(target=cand.target, precision=cand.precision, target_options=parsed))
+    try:
+        target.validate_options(ExportOptions(target=cand.target, precision=cand.precision, target_options=parsed))
+    except RuntimeUnavailable as e:  # the request is right, this machine cannot build it (TensorRT without a GPU)
+        return replace(cand, invalid=str(e))
     return cand
 
 
@@ -105,8 +108,6 @@ def parse_targets(items: Sequence[str]) -> list[Candidate]:
                     cand = Candidate(f"{spec.name}:{p}", "bundle", spec.name, p, export=True)
                     try:
                         cand = _check_export_request(cand)
-                    except RuntimeUnavailable as e:  # e.g. TensorRT without an NVIDIA GPU: an ❌ row saying so
-                        cand = replace(cand, invalid=str(e))
                     except UsageError as e:
                         keys = ", ".join(spec.options)
                         hint = f" (ask for it as {cand.name}+KEY[=VALUE]; {spec.name} options: {keys})"
@@ -132,8 +133,6 @@ def parse_targets(items: Sequence[str]) -> list[Candidate]:
             cand = Candidate(label, "bundle", name, precision, export=True, options=options)
             try:
                 cand = _check_export_request(cand)
-            except RuntimeUnavailable as e:  # the request is right, this machine cannot build it: an ❌ row
-                cand = replace(cand, invalid=str(e))
             except UsageError as e:
                 keys = ", ".join(spec.options) or "none"
                 raise UsageError(

@@ -81,13 +81,18 @@ def target_option_params() -> list[click.Option]:
 class TargetOptionsCommand(click.Command):
     """A command whose target-option flags are generated on first use (loading the targets only then)."""
 
-    _generated = False
+    _generated_for: tuple[str, ...] | None = None
+    _generated: tuple[click.Parameter, ...] = ()
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        if not self._generated:
-            self._generated = True
+        from edgeclip.export.targets import list_targets
+
+        names = tuple(spec.name for spec in list_targets())
+        if names != self._generated_for:  # first use, or a target registered since (a plugin, a test's toy)
+            self.params = [p for p in self.params if p not in self._generated]
+            self._generated, self._generated_for = tuple(target_option_params()), names
             at = next((i for i, p in enumerate(self.params) if p.name == "quiet"), len(self.params))
-            self.params[at:at] = target_option_params()
+            self.params[at:at] = self._generated
         return super().get_params(ctx)
 
 
