@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,34 @@ def target_options_from_flags(target: str, precision: str | None, flags: Mapping
     return exporter.parse_options(given, exporter.precision(precision))
 
 
+PREPROCESS_KEYS = ("image_size", "mean", "std", "interpolation", "resize_mode")
+
+
+def preprocess_overrides(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The preprocessing override flags, handed to the command as one `preprocess` dict (None: the model's)."""
+
+    @functools.wraps(fn)
+    def collect(*args: Any, **kwargs: Any) -> Any:
+        kwargs["preprocess"] = {key: kwargs.pop(key) for key in PREPROCESS_KEYS}
+        return fn(*args, **kwargs)
+
+    for add in reversed(
+        (
+            click.option("--image-size", type=ImageSize(), help="Override the input size: 256 or HxW."),
+            click.option("--mean", type=FloatTriple(), help="Override the normalization mean: R,G,B."),
+            click.option("--std", type=FloatTriple(), help="Override the normalization std: R,G,B."),
+            click.option(
+                "--interpolation", type=click.Choice(["bicubic", "bilinear"]), help="Override the resize filter."
+            ),
+            click.option(
+                "--resize-mode", type=click.Choice(["shortest", "longest", "squash"]), help="Override how images fit."
+            ),
+        )
+    ):
+        collect = add(collect)
+    return collect
+
+
 @cli.command(cls=TargetOptionsCommand)
 @click.option("--model", "-m", required=True, help="open_clip architecture, e.g. MobileCLIP2-S0 or ViT-B-32.")
 @click.option("--pretrained", "-p", help="Checkpoint file (.safetensors/.pt/.bin), pretrained tag or hf-hub: id.")
@@ -113,11 +142,7 @@ def target_options_from_flags(target: str, precision: str | None, flags: Mapping
 @click.option("--precision", help="Numeric precision the target supports (default: the target's, e.g. coreml fp16).")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle at --output.")
-@click.option("--image-size", type=ImageSize(), help="Override the input size: 256 or HxW.")
-@click.option("--mean", type=FloatTriple(), help="Override the normalization mean: R,G,B.")
-@click.option("--std", type=FloatTriple(), help="Override the normalization std: R,G,B.")
-@click.option("--interpolation", type=click.Choice(["bicubic", "bilinear"]), help="Override the resize filter.")
-@click.option("--resize-mode", type=click.Choice(["shortest", "longest", "squash"]), help="Override how images fit.")
+@preprocess_overrides
 @click.option("--opset", type=click.IntRange(min=17), help="ONNX opset (default: the target's choice).")
 # The target options (--compress, --calibration, --max-batch, ...) follow, generated from the targets' declarations.
 @quiet_option
@@ -130,11 +155,7 @@ def export(
     precision: str | None,
     output: Path,
     force: bool,
-    image_size: tuple[int, int] | None,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    interpolation: str | None,
-    resize_mode: str | None,
+    preprocess: dict[str, Any],
     opset: int | None,
     quiet: bool,
     as_json: bool,
@@ -157,13 +178,6 @@ def export(
     from edgeclip.export import export_bundle
     from edgeclip.runtimes.bundle import size_path
 
-    overrides = {
-        "image_size": image_size,
-        "mean": mean,
-        "std": std,
-        "interpolation": interpolation,
-        "resize_mode": resize_mode,
-    }
     # Parsed once here, by the target's own declaration; the library gets the typed object.
     options = target_options_from_flags(target, precision, target_flags)
     bar = _StepBar(enabled=show_progress(quiet), total=7)
@@ -175,7 +189,7 @@ def export(
             target=target,
             precision=precision,
             random_init=random_init,
-            preprocess=overrides,
+            preprocess=preprocess,
             opset=opset,
             target_options=options,
             force=force,
