@@ -103,18 +103,39 @@ def test_registries_never_import_their_members_and_edgeclip_has_no_import_circle
     for name, path in modules.items():
         top, _ = _module_imports(path)
         graph[name] = {m for m in top if m in modules and m != name}
+    assert find_circle(graph) is None, " -> ".join(find_circle(graph) or [])
+
+
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A circle of load-time imports, or None (a module importing the package it belongs to is not one)."""
     state: dict[str, int] = {}
 
-    def visit(node: str, trail: list[str]) -> None:
+    def visit(node: str, trail: list[str]) -> list[str] | None:
         state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1 and not node.startswith(nxt + "."):  # a package's own __init__ is not a circle
-                raise AssertionError("import circle: " + " -> ".join([*trail[trail.index(nxt) :], nxt]))
-            if nxt not in state:
-                visit(nxt, [*trail, nxt])
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1 and not node.startswith(nxt + "."):
+                return [*trail[trail.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt, [*trail, nxt])):
+                return found
         state[node] = 2
+        return None
 
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
     for name in sorted(graph):
-        if name not in state:
-            visit(name, [name])
+        if name not in state and (found := visit(name, [name])):
+            return found
+    return None
+
+
+def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
+    assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_circle({"p": {"p.m"}, "p.m": {"p"}}) is None  # a package's __init__ and its module
+    assert find_circle({"a": {"b"}, "b": set()}) is None
+    source = tmp_path / "registry.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\nimport edgeclip.errors\nif TYPE_CHECKING:\n    import edgeclip.cli\n"
+        "def load():\n    from edgeclip.export.targets import onnx\n",
+        encoding="utf-8",
+    )
+    top, anywhere = _module_imports(source)
+    assert top == {"edgeclip.errors"} and "edgeclip.export.targets.onnx" in anywhere
