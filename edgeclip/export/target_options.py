@@ -85,10 +85,10 @@ class Int(Kind):
     high: int = 1 << 20
 
     def parse(self, value: Any) -> int:
-        whole = isinstance(value, int) and not isinstance(value, bool)
-        if not whole and not (isinstance(value, str) and value.strip().isdigit()):
-            raise BadValue(f"expected a whole number from {self.low} to {self.high}")
-        if not self.low <= int(value) <= self.high:
+        whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.strip().isdigit()
+        )
+        if not whole or not self.low <= int(value) <= self.high:
             raise BadValue(f"expected a whole number from {self.low} to {self.high}")
         return int(value)
 
@@ -201,32 +201,24 @@ class Files(Kind):
 
 
 @dataclass(frozen=True)
-class Ints(Kind):
+class Ints(Int):
     """Whole numbers in [low, high], e.g. `1,8,32`: sorted, without repeats."""
 
     name: ClassVar[str] = "ints"
     metavar: ClassVar[str] = "LIST"
-    low: int = 1
-    high: int = 1 << 20
 
-    def parse(self, value: Any) -> tuple[int, ...]:
-        if isinstance(value, str):
-            items: list[Any] = [v.strip() for v in value.split(",")]
-        else:
-            items = [value] if isinstance(value, int) else list(value)
-        whole = [v for v in items if (isinstance(v, int) and not isinstance(v, bool)) or str(v).strip().isdigit()]
-        if not items or len(whole) != len(items):
-            raise BadValue(f"expected whole numbers between {self.low} and {self.high}, e.g. 1,8,32")
-        sizes = tuple(sorted({int(v) for v in whole}))
-        if sizes[0] < self.low or sizes[-1] > self.high:
+    def parse(self, value: Any) -> tuple[int, ...]:  # type: ignore[override]
+        items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
+        try:
+            sizes = tuple(sorted({super(Ints, self).parse(v) for v in items}))
+        except BadValue:
+            sizes = ()
+        if not sizes:
             raise BadValue(f"expected whole numbers between {self.low} and {self.high}, e.g. 1,8,32")
         return sizes
 
     def to_json(self, value: Any) -> Any:
         return list(value)
-
-    def describe(self) -> dict[str, Any]:
-        return {"type": self.name, "min": self.low, "max": self.high}
 
 
 # --- declaring options -------------------------------------------------------------------------------------------

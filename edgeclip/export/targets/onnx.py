@@ -21,8 +21,9 @@ CALIBRATION_SOURCES = "a .npz from `edgeclip calibrate`, a folder of images or a
 TEXT_INT8_MODES = ("dynamic", "static")
 
 
-def calibration_option(help: str) -> Any:
+def calibration_option() -> Any:
     """The --calibration option as the ONNX-based targets declare it (one set, read the same way by each)."""
+    help = "int8: the calibration set (.npz from `edgeclip calibrate`) or a folder of images"
     return option(File(CALIBRATION_SOURCES), help=help, precisions=("int8",))
 
 
@@ -41,9 +42,7 @@ def calibration_method_option() -> Any:
 class OnnxOptions(TargetOptions):
     """The ONNX target's options: how fp16/int8 encoders are made and gated against fp32."""
 
-    calibration: Path | None = calibration_option(
-        "int8: the calibration set (.npz from `edgeclip calibrate`) or a folder of images"
-    )
+    calibration: Path | None = calibration_option()
     calibration_method: str = calibration_method_option()
     auto_exclude: bool = option(
         Flag(),

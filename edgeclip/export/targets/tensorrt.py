@@ -54,9 +54,7 @@ class TensorRTOptions(TargetOptions):
         platforms=GPU_BUILD,
         metavar="MIB",
     )
-    calibration: Path | None = calibration_option(
-        "int8: the calibration set (.npz from `edgeclip calibrate`) or a folder of images"
-    )
+    calibration: Path | None = calibration_option()
     calibration_method: str = calibration_method_option()
     onnx_only: bool = option(
         Flag(),
