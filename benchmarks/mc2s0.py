@@ -53,7 +53,7 @@ def build_quantized(root: Path, bundle) -> dict:
     """
     from edgeclip.calibration import build_calibration_set, feeds
     from edgeclip.data.shapes import ShapesDataset, write_image_folder
-    from edgeclip.export.onnx_quant import parse_options
+    from edgeclip.export.targets.onnx import parse_options
     from edgeclip.precision.dynamic import quantize_dynamic_int8
     from edgeclip.precision.gate import gate_inputs
     from edgeclip.precision.lower import lower_precision

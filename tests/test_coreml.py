@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from edgeclip.cli import cli
 from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
 from edgeclip.export import export_bundle, list_targets
-from edgeclip.export.coreml import COMPRESSIONS, SPEC, WEIGHT_THRESHOLD
 from edgeclip.export.options import Encoders, ExportOptions
+from edgeclip.export.targets.coreml import COMPRESSIONS, SPEC, WEIGHT_THRESHOLD
 from edgeclip.models.encoders import ImageEncoder, TextEncoder
 from edgeclip.models.loading import load_model
 from edgeclip.runtimes import load_bundle
@@ -379,7 +379,7 @@ def _plain_encoders(spec) -> Encoders:
 def test_w8a8_takes_the_calibration_set_the_other_targets_take(photo_files, tmp_path: Path, image_input) -> None:
     """A .npz from `edgeclip calibrate` gives w8a8 the very samples its image files give, and the manifest its id."""
     from edgeclip.calibration import build_calibration_set
-    from edgeclip.export.coreml import _calibration, _calibration_samples, _image_plan, parse_options
+    from edgeclip.export.targets.coreml import _calibration, _calibration_samples, _image_plan, parse_options
     from edgeclip.models.preprocess import preprocess_spec_for
 
     spec, _ = preprocess_spec_for(TINY, None, {"image_size": (48, 40)})
@@ -418,7 +418,7 @@ def test_w8a8_takes_the_calibration_set_the_other_targets_take(photo_files, tmp_
 
 def test_w8a8_calibration_set_for_other_preprocessing_names_both(photo_files, tmp_path: Path) -> None:
     from edgeclip.calibration import build_calibration_set
-    from edgeclip.export.coreml import _calibration
+    from edgeclip.export.targets.coreml import _calibration
     from edgeclip.models.preprocess import preprocess_spec_for
 
     made_for, _ = preprocess_spec_for(TINY, None, {"image_size": (32, 32)})
@@ -432,7 +432,7 @@ def test_w8a8_calibration_set_for_other_preprocessing_names_both(photo_files, tm
 
 
 def test_w8a8_calibration_arguments_fail_in_one_line_before_the_model_loads(photo_files, tmp_path: Path) -> None:
-    from edgeclip.export.coreml import validate_options
+    from edgeclip.export.targets.coreml import validate_options
 
     def check(calibration) -> str:
         options = ExportOptions(
@@ -533,7 +533,7 @@ def test_existing_output_needs_force(fp16_bundle: Path) -> None:
 
 
 def test_unconvertible_op_names_the_op_and_module_and_suggests_onnx(tmp_path: Path) -> None:
-    from edgeclip.export.coreml import export
+    from edgeclip.export.targets.coreml import export
 
     class Block(torch.nn.Module):
         def __init__(self) -> None:

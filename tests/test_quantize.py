@@ -15,7 +15,7 @@ from edgeclip.calibration import build_calibration_set, resolve_calibration
 from edgeclip.data.shapes import ShapesDataset, write_image_folder
 from edgeclip.errors import ExportError, UsageError
 from edgeclip.export import export_bundle
-from edgeclip.export.onnx_quant import parse_options
+from edgeclip.export.targets.onnx import parse_options
 from edgeclip.precision.lower import lower_precision
 from edgeclip.precision.recipes import RECIPES
 from edgeclip.precision.rewrites import fuse_gelu
@@ -127,11 +127,11 @@ def test_int8_needs_calibration_unless_dynamic(tmp_path: Path) -> None:
         export_bundle(TINY, output=tmp_path / "b", random_init=True, precision="fp16", target_options={"dynamic": True})
     with pytest.raises(UsageError, match="does not exist"):
         parse_options("int8", {"calibration": [tmp_path / "missing.npz"]})
-    with pytest.raises(UsageError, match="calibration method 'kl'"):
+    with pytest.raises(UsageError, match="calibration_method 'kl': expected one of minmax"):
         parse_options("int8", {"calibration": [tmp_path], "calibration_method": "kl"})
     with pytest.raises(UsageError, match="drop --calibration"):
         parse_options("int8", {"calibration": [tmp_path], "dynamic": True})
-    with pytest.raises(UsageError, match="--text-int8 is 'fast': expected one of dynamic, static"):
+    with pytest.raises(UsageError, match="text_int8 'fast': expected one of dynamic, static"):
         parse_options("int8", {"calibration": [tmp_path], "text_int8": "fast"})
     with pytest.raises(UsageError, match="--text-int8 chooses how static int8"):
         parse_options("int8", {"dynamic": True, "text_int8": "static"})

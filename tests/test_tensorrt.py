@@ -20,7 +20,7 @@ from edgeclip.errors import BundleError, ExportError, RuntimeUnavailable, UsageE
 from edgeclip.export import export_bundle
 from edgeclip.export.parity import sample_images
 from edgeclip.export.targets import get_target
-from edgeclip.export.tensorrt import parse_options
+from edgeclip.export.targets.tensorrt import parse_options
 from edgeclip.precision.gate import run_onnx_cpu
 from edgeclip.precision.qdq import check_tensorrt_qdq, quantize_for_tensorrt
 from edgeclip.runtimes import load_bundle
@@ -218,7 +218,7 @@ def test_mobileclip2_s0_image_encoder_qdq(tmp_path: Path, photos) -> None:
         ("int8", {}, "needs --calibration"),
         ("fp16", {"calibration": "calib.npz"}, "only applies to --precision int8"),
         ("int8", {"calibration": "missing.npz"}, "calibration missing.npz does not exist"),
-        ("int8", {"calibration": "x", "calibration_method": "mse"}, "calibration method 'mse' is unknown"),
+        ("int8", {"calibration": "x", "calibration_method": "mse"}, "calibration_method 'mse': expected one of minmax"),
     ],
 )
 def test_options_are_validated(precision: str, options: dict, message: str) -> None:
@@ -228,7 +228,7 @@ def test_options_are_validated(precision: str, options: dict, message: str) -> N
 
 def test_defaults_and_unknown_options() -> None:
     opts = parse_options("fp16", {"max_batch": "64"})
-    assert (opts.max_batch, opts.opt_batch, opts.workspace_mib, opts.onnx_only) == (64, 32, 2048, False)
+    assert (opts.max_batch, opts.opt_batch, opts.workspace, opts.onnx_only) == (64, 32, 2048, False)
     from edgeclip.export.options import ExportOptions
 
     with pytest.raises(UsageError, match="no option 'max_batchs'.*did you mean 'max_batch'"):

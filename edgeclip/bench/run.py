@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from edgeclip.bench.results import BenchEntry, BenchResult, ModelIdentity, Parit
 from edgeclip.bench.worker import MeasureRequest, measure
 from edgeclip.errors import EdgeclipError, RuntimeUnavailable, UsageError
 from edgeclip.metrics.parity import cosine_stats, parity_floor
+
+if TYPE_CHECKING:
+    from edgeclip.export.target_options import TargetOptions
 
 EAGER = "torch"  # the PyTorch eager baseline's name in --targets
 ALL = "all"  # every registered target x precision, plus the eager baseline
@@ -52,8 +55,9 @@ class Candidate:
     precision: str
     path: Path | None = None  # a given bundle folder
     export: bool = False  # export the model to this target/precision first
-    options: tuple[tuple[str, Any], ...] = ()  # target options for the export, e.g. (("dynamic", True),)
+    options: tuple[tuple[str, Any], ...] = ()  # the target options as written in the item, e.g. (("dynamic", True),)
     invalid: str | None = None  # why the target refuses this request (rows that `all` expands to): an ❌ row
+    target_options: TargetOptions | None = None  # `options` parsed by the target (the typed object the export gets)
 
 
 def _split_options(item: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -68,15 +72,20 @@ def _split_options(item: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
     return base.strip(), tuple(options)
 
 
-def _check_export_request(cand: Candidate) -> None:
-    """The target's own check of precision and options, before any model is loaded; UsageError names the problem."""
+def _check_export_request(cand: Candidate) -> Candidate:
+    """The target's own check of precision and options, before any model is loaded: the candidate with its typed
+    options (and, where this machine cannot build it, why: an ❌ row), or a UsageError naming the problem."""
     from edgeclip.export.options import ExportOptions
     from edgeclip.export.targets import get_target
 
     target = get_target(cand.target)
-    target.validate_options(
-        ExportOptions(target=cand.target, precision=cand.precision, target_options=dict(cand.options))
-    )
+    parsed = target.parse_options(dict(cand.options), cand.precision)  # the one parser: the CLI flags use it too
+    cand = replace(cand, target_options=parsed)
+    try:
+        target.validate_options(ExportOptions(target=cand.target, precision=cand.precision, target_options=parsed))
+    except RuntimeUnavailable as e:  # the request is right, this machine cannot build it (TensorRT without a GPU)
+        return replace(cand, invalid=str(e))
+    return cand
 
 
 def parse_targets(items: Sequence[str]) -> list[Candidate]:
@@ -97,9 +106,7 @@ def parse_targets(items: Sequence[str]) -> list[Candidate]:
                 for p in spec.precisions:
                     cand = Candidate(f"{spec.name}:{p}", "bundle", spec.name, p, export=True)
                     try:
-                        _check_export_request(cand)
-                    except RuntimeUnavailable as e:  # e.g. TensorRT without an NVIDIA GPU: an ❌ row saying so
-                        cand = replace(cand, invalid=str(e))
+                        cand = _check_export_request(cand)
                     except UsageError as e:
                         keys = ", ".join(spec.options)
                         hint = f" (ask for it as {cand.name}+KEY[=VALUE]; {spec.name} options: {keys})"
@@ -124,9 +131,7 @@ def parse_targets(items: Sequence[str]) -> list[Candidate]:
             )
             cand = Candidate(label, "bundle", name, precision, export=True, options=options)
             try:
-                _check_export_request(cand)
-            except RuntimeUnavailable as e:  # the request is right, this machine cannot build it: an ❌ row
-                cand = replace(cand, invalid=str(e))
+                cand = _check_export_request(cand)
             except UsageError as e:
                 keys = ", ".join(spec.options) or "none"
                 raise UsageError(
@@ -349,7 +354,7 @@ def _export(model: str, pretrained: str | None, random_init: bool, cand: Candida
             target=cand.target,
             precision=cand.precision,
             random_init=random_init,
-            target_options=dict(cand.options),
+            target_options=cand.target_options if cand.target_options is not None else dict(cand.options),
             force=True,
         )
     except Exception as e:  # any export failure (ours, or a converter's own) is this row's reason; the run goes on

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgeclip.cli import (
-    CommaList,
     FloatTriple,
     ImageSize,
     cli,
@@ -18,8 +20,121 @@ from edgeclip.cli import (
     show_progress,
 )
 
+# --- target options: the flags are generated from each target's options dataclass -------------------------------
 
-@cli.command()
+
+class OptionKindType(click.ParamType):
+    """Parses a flag's value with the option kind its targets declare, so a bad value fails at the flag."""
+
+    def __init__(self, kind: Any, metavar: str | None) -> None:
+        self.kind = kind
+        self.name = metavar or kind.metavar
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from edgeclip.export.target_options import BadValue
+
+        try:
+            return self.kind.parse(value)
+        except BadValue as e:
+            self.fail(f"{value!r}: {e}", param, ctx)
+
+
+def target_option_params() -> list[click.Option]:
+    """One click option per target-option flag of every registered target, merged where targets share a flag."""
+    from edgeclip.export.target_options import Choice, Flag
+    from edgeclip.export.targets import list_targets
+
+    flags: dict[str, list[tuple[str, Any]]] = {}
+    for spec in list_targets():
+        for info in spec.options_type.infos():
+            flags.setdefault(info.cli_flag, []).append((spec.name, info))
+    params = []
+    for flag, users in flags.items():
+        infos = [info for _, info in users]
+        keys = {info.key for info in infos}
+        if len(keys) != 1:
+            raise ValueError(f"target option flag {flag} stands for different keys: {', '.join(sorted(keys))}")
+        helps: dict[str, list[str]] = {}
+        for target, info in users:
+            default = f" (default {info.kind.to_json(info.default)})" if info.default not in (None, False, ()) else ""
+            helps.setdefault(info.help + default, []).append(target)
+        text = "; ".join(f"{'/'.join(targets)}: {help}" for help, targets in helps.items())
+        kinds = {info.kind for info in infos}
+        first = infos[0]
+        if all(isinstance(k, Flag) for k in kinds):
+            params.append(click.Option([flag, first.key], is_flag=True, default=None, help=text))
+            continue
+        kind = kinds.pop() if len(kinds) == 1 else None  # targets that read one flag differently parse it themselves
+        metavar = first.metavar or ("[" + "|".join(kind.choices) + "]" if isinstance(kind, Choice) else None)
+        metavar = metavar or (kind or first.kind).metavar
+        params.append(
+            click.Option(
+                [flag, first.key],
+                type=OptionKindType(kind, metavar) if kind is not None else click.STRING,
+                multiple=any(info.kind.multiple for info in infos),
+                metavar=metavar,
+                help=text,
+            )
+        )
+    return params
+
+
+class TargetOptionsCommand(click.Command):
+    """A command whose target-option flags are generated on first use (loading the targets only then)."""
+
+    _generated_for: tuple[str, ...] | None = None
+    _generated: tuple[click.Parameter, ...] = ()
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        from edgeclip.export.targets import list_targets
+
+        names = tuple(spec.name for spec in list_targets())
+        if names != self._generated_for:  # first use, or a target registered since (a plugin, a test's toy)
+            self.params = [p for p in self.params if p not in self._generated]
+            self._generated, self._generated_for = tuple(target_option_params()), names
+            at = next((i for i, p in enumerate(self.params) if p.name == "quiet"), len(self.params))
+            self.params[at:at] = self._generated
+        return super().get_params(ctx)
+
+
+def target_options_from_flags(target: str, precision: str | None, flags: Mapping[str, Any]) -> Any:
+    """The target's typed options from the generated flags the user gave; UsageError names a flag it does not take."""
+    from edgeclip.export.targets import get_target
+
+    exporter = get_target(target)
+    given = {key: value for key, value in flags.items() if value is not None and value != ()}
+    return exporter.parse_options(given, exporter.precision(precision))
+
+
+PREPROCESS_KEYS = ("image_size", "mean", "std", "interpolation", "resize_mode")
+
+
+def preprocess_overrides(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The preprocessing override flags, handed to the command as one `preprocess` dict (None: the model's)."""
+
+    @functools.wraps(fn)
+    def collect(*args: Any, **kwargs: Any) -> Any:
+        kwargs["preprocess"] = {key: kwargs.pop(key) for key in PREPROCESS_KEYS}
+        return fn(*args, **kwargs)
+
+    for add in reversed(
+        (
+            click.option("--image-size", type=ImageSize(), help="Override the input size: 256 or HxW."),
+            click.option("--mean", type=FloatTriple(), help="Override the normalization mean: R,G,B."),
+            click.option("--std", type=FloatTriple(), help="Override the normalization std: R,G,B."),
+            click.option(
+                "--interpolation", type=click.Choice(["bicubic", "bilinear"]), help="Override the resize filter."
+            ),
+            click.option(
+                "--resize-mode", type=click.Choice(["shortest", "longest", "squash"]), help="Override how images fit."
+            ),
+        )
+    ):
+        collect = add(collect)
+    return collect
+
+
+@cli.command(cls=TargetOptionsCommand)
 @click.option("--model", "-m", required=True, help="open_clip architecture, e.g. MobileCLIP2-S0 or ViT-B-32.")
 @click.option("--pretrained", "-p", help="Checkpoint file (.safetensors/.pt/.bin), pretrained tag or hf-hub: id.")
 @click.option("--random-init", is_flag=True, help="Random weights on purpose (structure and speed work).")
@@ -27,75 +142,9 @@ from edgeclip.cli import (
 @click.option("--precision", help="Numeric precision the target supports (default: the target's, e.g. coreml fp16).")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle at --output.")
-@click.option("--image-size", type=ImageSize(), help="Override the input size: 256 or HxW.")
-@click.option("--mean", type=FloatTriple(), help="Override the normalization mean: R,G,B.")
-@click.option("--std", type=FloatTriple(), help="Override the normalization std: R,G,B.")
-@click.option("--interpolation", type=click.Choice(["bicubic", "bilinear"]), help="Override the resize filter.")
-@click.option("--resize-mode", type=click.Choice(["shortest", "longest", "squash"]), help="Override how images fit.")
+@preprocess_overrides
 @click.option("--opset", type=click.IntRange(min=17), help="ONNX opset (default: the target's choice).")
-# Target options: each target says which it takes and their values (`edgeclip targets`) and checks them.
-@click.option("--compress", help="Weight compression, e.g. coreml int8 or palettize4 (see `edgeclip targets`).")
-@click.option("--image-input", help="coreml: tensor (float pixels, default) or pixels (RGB image, normalized inside).")
-@click.option("--deployment-target", help="coreml: the minimum OS the packages need (default iOS17).")
-@click.option(
-    "--calibration",
-    type=click.Path(path_type=Path),
-    multiple=True,
-    help="A .npz from `edgeclip calibrate` (one set for every target) or a folder of images: onnx/tensorrt "
-    "int8, coreml w8a8 (which also takes image files).",
-)
-@click.option(
-    "--calibration-method",
-    type=click.Choice(["minmax", "entropy", "percentile"]),
-    help="onnx/tensorrt int8: how activation ranges are calibrated (default minmax; percentile clips "
-    "outliers; entropy minimizes KL divergence and is the slowest).",
-)
-@click.option(
-    "--auto-exclude",
-    is_flag=True,
-    default=None,
-    help="onnx int8: keep the most sensitive nodes in float until the accuracy gate passes.",
-)
-@click.option("--dynamic", is_flag=True, default=None, help="onnx int8: dynamic int8 (MatMul/Gemm), no calibration.")
-@click.option(
-    "--text-int8",
-    type=click.Choice(["dynamic", "static"]),
-    help="onnx int8 with --calibration: how the "
-    "text encoder is quantized (default dynamic: faster and closer to fp32 on MobileCLIP2-S0).",
-)
-@click.option(
-    "--max-cosine-drop",
-    type=click.FloatRange(0, 1),
-    help="Fail the export when an encoder's mean cosine "
-    "to fp32 on held-out inputs drops by more than this (onnx fp16/int8).",
-)
-@click.option("--batch-sizes", type=CommaList(), help="coreml: enumerated batch sizes, e.g. 1,8,32 (default: 1-64).")
-@click.option(
-    "--max-batch", type=click.IntRange(1, 4096), help="tensorrt: largest batch the engines take (default 32)."
-)
-@click.option(
-    "--opt-batch",
-    type=click.IntRange(1, 4096),
-    help="tensorrt: batch the kernels are tuned for (default max-batch / 2).",
-)
-@click.option(
-    "--workspace",
-    type=click.IntRange(16),
-    metavar="MIB",
-    help="tensorrt: builder workspace limit in MiB (default 2048).",
-)
-@click.option(
-    "--onnx-only",
-    is_flag=True,
-    default=None,
-    help="tensorrt: write and check the TensorRT-ready ONNX "
-    "graphs (int8: symmetric Q/DQ) without building engines, e.g. on a machine without an NVIDIA GPU.",
-)
-@click.option(
-    "--timing-cache",
-    type=click.Path(path_type=Path),
-    help="tensorrt: timing cache file to reuse and update (default: one per GPU under ~/.cache/edgeclip/tensorrt).",
-)
+# The target options (--compress, --calibration, --max-batch, ...) follow, generated from the targets' declarations.
 @quiet_option
 @json_option
 def export(
@@ -106,29 +155,11 @@ def export(
     precision: str | None,
     output: Path,
     force: bool,
-    image_size: tuple[int, int] | None,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    interpolation: str | None,
-    resize_mode: str | None,
+    preprocess: dict[str, Any],
     opset: int | None,
-    compress: str | None,
-    image_input: str | None,
-    deployment_target: str | None,
-    calibration: tuple[Path, ...],
-    calibration_method: str | None,
-    auto_exclude: bool | None,
-    dynamic: bool | None,
-    text_int8: str | None,
-    max_cosine_drop: float | None,
-    batch_sizes: list[str] | None,
-    max_batch: int | None,
-    opt_batch: int | None,
-    workspace: int | None,
-    onnx_only: bool | None,
-    timing_cache: Path | None,
     quiet: bool,
     as_json: bool,
+    **target_flags: Any,
 ) -> None:
     """Export a CLIP checkpoint to a bundle: encoders, manifest, tokenizer and a parity report.
 
@@ -147,31 +178,8 @@ def export(
     from edgeclip.export import export_bundle
     from edgeclip.runtimes.bundle import size_path
 
-    overrides = {
-        "image_size": image_size,
-        "mean": mean,
-        "std": std,
-        "interpolation": interpolation,
-        "resize_mode": resize_mode,
-    }
-    # Only the target options the user gave: the target refuses options it does not take.
-    given = {
-        "compress": compress,
-        "image_input": image_input,
-        "deployment_target": deployment_target,
-        "calibration": list(calibration) or None,
-        "batch_sizes": batch_sizes,
-        "calibration_method": calibration_method,
-        "auto_exclude": auto_exclude,
-        "dynamic": dynamic,
-        "text_int8": text_int8,
-        "max_cosine_drop": max_cosine_drop,
-        "max_batch": max_batch,
-        "opt_batch": opt_batch,
-        "workspace": workspace,
-        "onnx_only": onnx_only,
-        "timing_cache": timing_cache,
-    }
+    # Parsed once here, by the target's own declaration; the library gets the typed object.
+    options = target_options_from_flags(target, precision, target_flags)
     bar = _StepBar(enabled=show_progress(quiet), total=7)
     with bar:
         result = export_bundle(
@@ -181,9 +189,9 @@ def export(
             target=target,
             precision=precision,
             random_init=random_init,
-            preprocess=overrides,
+            preprocess=preprocess,
             opset=opset,
-            target_options={k: v for k, v in given.items() if v is not None},
+            target_options=options,
             force=force,
             on_step=bar.step,
         )
@@ -255,21 +263,16 @@ def targets(as_json: bool) -> None:
     Example:
       edgeclip targets --json
     """
-    from dataclasses import asdict
-
     from edgeclip.export.targets import list_targets
 
     specs = list_targets()
     if as_json:
-        emit_json([asdict(s) for s in specs])
+        emit_json([s.to_dict() for s in specs])
         return
     for s in specs:
         needs = f"  needs {s.requires}" if s.requires else ""
         click.echo(f"{s.name:<10} precisions: {', '.join(s.precisions):<20} {s.description}{needs}")
-        for label, values in (
-            ("compress", s.compressions),
-            ("image input", s.image_inputs),
-            ("deployment", s.deployment_targets),
-        ):
-            if values:
-                click.echo(f"{'':<10} {label + ':':<12} {', '.join(values)}")
+        for info in s.options_type.infos():
+            choices = getattr(info.kind, "choices", ())
+            values = f" ({', '.join(choices)})" if choices else ""
+            click.echo(f"{'':<10} {info.cli_flag:<20} {info.help}{values}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,8 +15,10 @@ import numpy as np
 
 from edgeclip._version import __version__
 from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
-from edgeclip.export.options import PARITY_FLOORS, Encoders, ExportOptions
+from edgeclip.export.options import Encoders, ExportOptions
+from edgeclip.export.target_options import TargetOptions
 from edgeclip.export.targets import get_target, list_targets
+from edgeclip.metrics.parity import PARITY_FLOORS
 from edgeclip.runtimes.backends import RuntimeOptions, backend_for_target
 from edgeclip.runtimes.bundle import sha256_path
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec, SourceModel
@@ -114,14 +116,15 @@ def export_bundle(
     random_init: bool = False,
     preprocess: dict[str, Any] | None = None,
     opset: int | None = None,
-    target_options: dict[str, Any] | None = None,
+    target_options: TargetOptions | Mapping[str, Any] | None = None,
     force: bool = False,
     on_step: StepCallback | None = None,
 ) -> ExportResult:
     """Load, reparameterize, split and convert a CLIP model, check parity, and write a bundle atomically.
 
-    `precision` None means the target's default; `target_options` are checked against the target's spec
-    (see `edgeclip targets`) before the model is loaded.
+    `precision` None means the target's default. `target_options` is the target's typed options object (e.g.
+    `OnnxOptions(dynamic=True)`), or strings or values by key (`{"dynamic": True}`) parsed by the same one parser
+    as CLI flags and bench items; either is checked (see `edgeclip targets`) before the model is loaded.
     """
     import torch
 
@@ -144,11 +147,8 @@ def export_bundle(
         clock = now
 
     # Validate everything the user asked for before any heavy work.
-    spec = get_target(target).spec
-    precision = precision or spec.default_precision
-    if precision not in spec.precisions:
-        choices = ", ".join(spec.precisions)
-        raise UsageError(f"target {target!r} does not support precision {precision!r}: expected {choices}")
+    exporter = get_target(target)
+    precision = exporter.precision(precision)
     architecture = check_architecture(model)
     output = Path(output)
     _check_output(output, force)
@@ -158,9 +158,10 @@ def export_bundle(
         precision=precision,
         opset=opset,
         min_cosine=PARITY_FLOORS.get(precision, PARITY_FLOORS["fp32"]),
-        target_options=dict(target_options or {}),
+        target_options=target_options,
     )
-    options = get_target(target).validate_options(options)
+    options = exporter.validate_options(options)
+    used = options.target_options
 
     staging = _make_staging_dir(output)
     try:
@@ -197,7 +198,7 @@ def export_bundle(
         lap("reparameterize")
 
         step(f"exporting encoders to {target}")
-        files = get_target(target).export(encoders, staging, options)
+        files = exporter.export(encoders, staging, options)
         lap("convert")
 
         step("measuring parity against PyTorch")
@@ -241,6 +242,7 @@ def export_bundle(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             target_info={
                 **files.target_info,
+                **({"options": used.to_dict()} if isinstance(used, TargetOptions) and used.to_dict() else {}),
                 "exported_with": _software_versions(),
                 **({"parity_skipped": parity_skipped} if parity_skipped else {}),
             },

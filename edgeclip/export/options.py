@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from edgeclip.metrics.parity import PARITY_FLOORS
 from edgeclip.runtimes.manifest import TensorSpec
 from edgeclip.runtimes.preprocess import PreprocessSpec
 from edgeclip.runtimes.tokenizer import TokenizerSpec
+
+if TYPE_CHECKING:  # target modules import this file; torch is needed only once a model is exported
+    import torch
+    from torch import nn
+
+    from edgeclip.export.target_options import TargetOptions
 
 
 @dataclass(frozen=True)
@@ -29,13 +34,17 @@ class Encoders:
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What the user asked of the target (validated against its spec before any work)."""
+    """What the user asked of the target (validated against its spec before any work).
+
+    `target_options` is the target's typed options object once `Target.validate_options` has parsed it (export
+    functions receive that); a mapping of strings or values by key is accepted there and parsed by the one parser.
+    """
 
     target: str = "onnx"
     precision: str = "fp32"
     opset: int | None = None
     min_cosine: float = PARITY_FLOORS["fp32"]
-    target_options: dict[str, object] = field(default_factory=dict)
+    target_options: TargetOptions | Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The ONNX target's fp16 and int8 step: calibration in, lower-precision encoders out, accuracy gate recorded.
 
-Called by `edgeclip.export.onnx` after it has written the fp32 encoders; the fp32 files are the gate's reference.
+Called by the onnx target (`edgeclip.export.targets.onnx`) after it has written the fp32 encoders; the fp32 files
+are the gate's reference.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from edgeclip.precision.static import preprocess_for_quantization, quantize_stat
 from edgeclip.runtimes.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:
-    from edgeclip.export.onnx_quant import PrecisionRequest
+    from edgeclip.precision.request import PrecisionRequest
 
 AUTO_EXCLUDE_DROP = 0.01  # the gate --auto-exclude works towards when --max-cosine-drop is not given
 AUTO_EXCLUDE_STEP = 0.1  # fraction of the quantized nodes kept in float per round, worst first

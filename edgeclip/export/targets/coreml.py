@@ -26,8 +26,11 @@ import numpy as np
 
 from edgeclip._version import __version__
 from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
-from edgeclip.export.options import PARITY_FLOORS, EncoderFile, EncoderFiles, Encoders, ExportOptions
+from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders, ExportOptions
+from edgeclip.export.target_options import Choice, Files, Ints, TargetOptions, option, options_of
+from edgeclip.export.target_options import parse_options as parse_target_options
 from edgeclip.export.targets import TargetSpec, register_target
+from edgeclip.metrics.parity import PARITY_FLOORS
 from edgeclip.runtimes.manifest import TensorSpec
 
 IMAGE_INPUTS = ("tensor", "pixels")
@@ -98,71 +101,13 @@ COMPRESSIONS: dict[str, Compression] = {
     )
 }
 
-SPEC = TargetSpec(
-    name="coreml",
-    description="Core ML ML Program packages (.mlpackage) for iOS and macOS apps",
-    precisions=("fp16", "fp32"),
-    default_precision="fp16",
-    file_suffix=".mlpackage",
-    dynamic_batch=True,
-    requires="macOS or iOS to run the packages (converting and weight compression run anywhere)",
-    extra="coreml",
-    compressions=tuple(COMPRESSIONS),
-    image_inputs=IMAGE_INPUTS,
-    deployment_targets=DEPLOYMENT_TARGETS,
-    platforms=("macOS", "iOS"),
-    options=("compress", "image_input", "deployment_target", "calibration", "batch_sizes"),
-)
-
-
 # --- options -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CoreMLOptions:
-    """The target options of a CoreML export, checked against SPEC."""
-
-    compress: str | None = None
-    image_input: str = IMAGE_INPUTS[0]
-    deployment_target: str = DEFAULT_DEPLOYMENT_TARGET
-    calibration: tuple[Path, ...] = ()  # one .npz or one folder (drawn into a set), or image files
-    batch_sizes: tuple[int, ...] | None = None  # None: any batch in DEFAULT_BATCH_RANGE
-
-    @property
-    def compression(self) -> Compression | None:
-        return COMPRESSIONS[self.compress] if self.compress else None
-
-
-def _choice(key: str, value: Any, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        import difflib
-
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"coreml {key} {value!r} is not supported: expected one of {', '.join(allowed)}{hint}")
-    return value
-
-
-def _batch_sizes(value: Any) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    items = [value] if isinstance(value, (int, str)) else list(value)
-    whole = [v for v in items if (isinstance(v, int) and not isinstance(v, bool)) or str(v).strip().isdigit()]
-    if len(whole) != len(items):
-        raise UsageError(f"coreml batch_sizes {value!r}: expected whole numbers such as 1,8,32")
-    sizes = tuple(sorted({int(v) for v in whole}))
-    if not sizes or sizes[0] < 1 or sizes[-1] > MAX_BATCH:
-        raise UsageError(f"coreml batch_sizes {value!r}: expected sizes between 1 and {MAX_BATCH}")
-    return sizes
-
-
-def _calibration_sources(value: Any) -> tuple[Path, ...]:
+def _calibration_sources(items: tuple[Path, ...]) -> tuple[Path, ...]:
     """w8a8's --calibration: one `.npz` from `edgeclip calibrate` or one folder, as every target takes, or images."""
     from edgeclip.data.images import expand_image_paths
 
-    if value is None:
-        return ()
-    items = [Path(v) for v in ([value] if isinstance(value, (str, Path)) else list(value))]
     for item in items:
         if not item.exists():
             raise UsageError(
@@ -186,36 +131,76 @@ def _calibration_sources(value: Any) -> tuple[Path, ...]:
     return images
 
 
-def parse_options(target_options: dict[str, Any]) -> CoreMLOptions:
-    """The CoreML options from an export's target_options, or a UsageError naming the bad value."""
-    compress = target_options.get("compress")
-    compress = None if compress in (None, "none") else _choice("compression", compress, SPEC.compressions)
-    if target_options.get("calibration") and not (compress and COMPRESSIONS[compress].needs_calibration):
-        raise UsageError("--calibration is used only by --compress w8a8: drop it, or ask for w8a8")
-    return CoreMLOptions(
-        compress=compress,
-        image_input=_choice("image_input", target_options.get("image_input") or IMAGE_INPUTS[0], IMAGE_INPUTS),
-        deployment_target=_choice(
-            "deployment_target",
-            target_options.get("deployment_target") or DEFAULT_DEPLOYMENT_TARGET,
-            DEPLOYMENT_TARGETS,
-        ),
-        calibration=_calibration_sources(target_options.get("calibration")),
-        batch_sizes=_batch_sizes(target_options.get("batch_sizes")),
+@dataclass(frozen=True)
+class CoreMLOptions(TargetOptions):
+    """The target options of a CoreML export."""
+
+    compress: str | None = option(
+        Choice(tuple(COMPRESSIONS), none="none"),
+        help="weight compression (w8a8: int8 weights and activations, calibrated on a Mac)",
     )
+    image_input: str = option(
+        Choice(IMAGE_INPUTS),
+        IMAGE_INPUTS[0],
+        help="tensor (float pixels) or pixels (an RGB image, normalized inside the package)",
+    )
+    deployment_target: str = option(
+        Choice(DEPLOYMENT_TARGETS), DEFAULT_DEPLOYMENT_TARGET, help="the minimum OS the packages need"
+    )
+    calibration: tuple[Path, ...] = option(
+        Files("a .npz from `edgeclip calibrate`, a folder of images or image files", check=_calibration_sources),
+        (),
+        help="w8a8: the calibration set (.npz), a folder of images, or image files",
+    )
+    batch_sizes: tuple[int, ...] | None = option(
+        Ints(1, MAX_BATCH), help="enumerated batch sizes, e.g. 1,8,32 (default: any from 1 to 64)", metavar="LIST"
+    )
+
+    def check(self, precision: str) -> CoreMLOptions:
+        if self.calibration and not (self.compression and self.compression.needs_calibration):
+            raise UsageError("--calibration is used only by --compress w8a8: drop it, or ask for w8a8")
+        comp = self.compression
+        if comp is not None and comp.needs_calibration and not self.calibration:
+            raise UsageError(
+                f"--compress {comp.name} needs calibration images: pass --calibration calib.npz "
+                f"(from `edgeclip calibrate`) or a FOLDER of images"
+            )
+        if comp is not None and comp.needs_calibration and self.deployment_target in ("iOS16", "macOS13"):
+            raise UsageError(f"--compress {comp.name} needs --deployment-target iOS17/macOS14 or later")
+        return self
+
+    @property
+    def compression(self) -> Compression | None:
+        return COMPRESSIONS[self.compress] if self.compress else None
+
+
+SPEC = TargetSpec(
+    name="coreml",
+    description="Core ML ML Program packages (.mlpackage) for iOS and macOS apps",
+    precisions=("fp16", "fp32"),
+    default_precision="fp16",
+    file_suffix=".mlpackage",
+    dynamic_batch=True,
+    requires="macOS or iOS to run the packages (converting and weight compression run anywhere)",
+    extra="coreml",
+    platforms=("macOS", "iOS"),
+    options_type=CoreMLOptions,
+)
+
+
+def parse_options(target_options: dict[str, Any], precision: str = "fp16") -> CoreMLOptions:
+    """The CoreML options from strings or values by key, or a UsageError naming the bad value."""
+    return parse_target_options(CoreMLOptions, SPEC.name, target_options, precision)
 
 
 def validate_options(options: ExportOptions) -> ExportOptions:
-    """Check the CoreML options before the model loads; the parity floor follows the requested compression."""
-    opts = parse_options(options.target_options)
+    """Check what the options alone cannot (a calibration file, the platform) before the model loads; the parity
+    floor follows the requested compression."""
+    opts = options_of(options, CoreMLOptions)
+    options = replace(options, target_options=opts)
     comp = opts.compression
     if comp is None:
         return options
-    if comp.needs_calibration and not opts.calibration:
-        raise UsageError(
-            f"--compress {comp.name} needs calibration images: pass --calibration calib.npz "
-            f"(from `edgeclip calibrate`) or a FOLDER of images"
-        )
     if opts.calibration and opts.calibration[0].suffix == ".npz":
         from edgeclip.calibration import load_calibration_set
 
@@ -225,8 +210,6 @@ def validate_options(options: ExportOptions) -> ExportOptions:
             f"--compress {comp.name} calibrates by running the model, which CoreML does only on macOS "
             f"(this is {sys.platform}): use --compress int8 here, or export on a Mac"
         )
-    if comp.needs_calibration and opts.deployment_target in ("iOS16", "macOS13"):
-        raise UsageError(f"--compress {comp.name} needs --deployment-target iOS17/macOS14 or later")
     return replace(options, min_cosine=min(options.min_cosine, comp.parity_floor))
 
 
@@ -609,7 +592,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
     import torch
 
     ct = _import_coremltools()
-    opts = parse_options(options.target_options)
+    opts = options_of(options, CoreMLOptions)
     plans = (_image_plan(ct, encoders, opts), _text_plan(ct, encoders, opts))
     calib = _calibration(opts.calibration, encoders) if opts.calibration else None
     files = {}

@@ -2,13 +2,17 @@
 baseline), found through a registry. Each opener returns the same small surface, so measuring code has no `if`
 per kind: an encoder with `encode_image`/`encode_text`/`model_id`/`logit_scale`, the timed stages for one batch
 size, and the facts (runtime, model, sizes) that go into a results entry.
+
+Registration flows one way: each module of this package (`bundle`, `eager`) imports this registry and registers
+its opener; `open_subject` loads the package's modules with pkgutil and never names them.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
@@ -49,6 +53,7 @@ class Subject:
 
 Opener = Callable[[Mapping[str, Any], RuntimeOptions], Subject]
 _OPENERS: dict[str, Opener] = {}
+_loaded = False
 
 
 def register_subject(kind: str) -> Callable[[Opener], Opener]:
@@ -63,63 +68,18 @@ def register_subject(kind: str) -> Callable[[Opener], Opener]:
     return decorate
 
 
+def load_subjects() -> None:
+    """Import every module of this package once: each registers its kind (none imports torch before it opens)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+            importlib.import_module(module.name)
+
+
 def open_subject(kind: str, source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
     """Open a subject of a registered kind ("bundle", "eager") from its source description."""
-    from edgeclip.bench import eager  # noqa: F401  registers "eager"; imports torch only when opened
-
+    load_subjects()
     if kind not in _OPENERS:
         raise UsageError(f"unknown bench subject kind {kind!r}: expected one of {', '.join(sorted(_OPENERS))}")
     return _OPENERS[kind](source, options)
-
-
-def _package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-@register_subject("bundle")
-def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
-    """A bundle through its runtime backend, exactly as an app on the device runs it."""
-    from edgeclip.runtimes.bundle import load_bundle, size_path
-    from edgeclip.runtimes.preprocess import preprocess
-
-    bundle = load_bundle(Path(source["path"]), providers=options.providers, threads=options.threads)
-    m = bundle.manifest
-
-    def build_stages(image: Image.Image, text: str, head: Head, batch: int) -> dict[str, Stage]:
-        pixels = preprocess([image] * batch, m.preprocess)
-        tokens = bundle.tokenizer.encode([text] * batch)
-        image_encoder, text_encoder = bundle.encoder("image"), bundle.encoder("text")
-        image_input, text_input = m.encoders["image"].inputs[0].name, m.encoders["text"].inputs[0].name
-        images = [image] * batch
-        return {
-            "image": lambda: image_encoder.run({image_input: pixels}),
-            "text": lambda: text_encoder.run({text_input: tokens}),
-            "end_to_end": lambda: head.probabilities(bundle.encode_image(images, batch_size=batch), bundle.logit_scale),
-        }
-
-    def runtime() -> str:
-        backend = bundle.backend_info.name
-        providers = getattr(bundle.encoder("image"), "providers", None)  # ONNX Runtime: the providers it got
-        return " ".join(filter(None, (backend, _package_version(backend), ",".join(providers or ()))))
-
-    src = m.source
-    return Subject(
-        encoder=bundle,
-        build_stages=build_stages,
-        runtime=runtime,
-        model=ModelIdentity(src.architecture, m.model_id, src.pretrained, src.random_init),
-        size_bytes={role: size_path(bundle.file(enc.file)) for role, enc in m.encoders.items()},
-        bundle={
-            "path": str(bundle.path),
-            "format_version": m.format_version,
-            "edgeclip_version": m.edgeclip_version,
-            "created": m.created,
-            "sha256": {role: enc.sha256 for role, enc in m.encoders.items()},
-            "target_info": {k: v for k, v in m.target_info.items() if k != "exported_with"},
-        },
-    )

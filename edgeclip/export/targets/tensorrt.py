@@ -16,15 +16,19 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
-from edgeclip.export.options import PARITY_FLOORS, EncoderFile, EncoderFiles, Encoders, ExportOptions
+from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders, ExportOptions
+from edgeclip.export.target_options import Flag, Int, OutputFile, TargetOptions, option, options_of
+from edgeclip.export.target_options import parse_options as parse_target_options
 from edgeclip.export.targets import TargetSpec, register_target
+from edgeclip.export.targets.onnx import calibration_method_option, calibration_option
+from edgeclip.metrics.parity import PARITY_FLOORS
 from edgeclip.runtimes.backends.tensorrt import tensorrt_unavailable
 from edgeclip.runtimes.manifest import EncoderSpec, TensorRTRecord, TensorSpec
 
@@ -32,6 +36,53 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_WORKSPACE_MIB = 2048
 MAX_BATCH_LIMIT = 4096
 ROLES = ("image", "text")
+
+GPU_BUILD = ("NVIDIA GPU (engine build)",)
+
+
+@dataclass(frozen=True)
+class TensorRTOptions(TargetOptions):
+    """The target options of a TensorRT export: the batch profile, the builder's limits, int8 calibration."""
+
+    max_batch: int = option(Int(1, MAX_BATCH_LIMIT), DEFAULT_MAX_BATCH, help="largest batch the engines take")
+    opt_batch: int | None = option(
+        Int(1, MAX_BATCH_LIMIT), help="batch the kernels are tuned for (default: max_batch / 2)"
+    )
+    workspace: int = option(
+        Int(16, 1 << 20),
+        DEFAULT_WORKSPACE_MIB,
+        help="builder workspace limit in MiB",
+        platforms=GPU_BUILD,
+        metavar="MIB",
+    )
+    calibration: Path | None = calibration_option()
+    calibration_method: str = calibration_method_option()
+    onnx_only: bool = option(
+        Flag(),
+        False,
+        help="write and check the TensorRT-ready ONNX graphs (int8: symmetric Q/DQ) without building engines, "
+        "e.g. on a machine without an NVIDIA GPU",
+    )
+    timing_cache: Path | None = option(
+        OutputFile("a timing cache file"),
+        help="timing cache file to reuse and update (default: one per GPU under ~/.cache/edgeclip/tensorrt)",
+        platforms=GPU_BUILD,
+    )
+
+    def check(self, precision: str) -> TensorRTOptions:
+        opt_batch = self.opt_batch if self.opt_batch is not None else max(1, self.max_batch // 2)
+        if opt_batch > self.max_batch:
+            raise UsageError(
+                f"tensorrt opt_batch {opt_batch} is larger than max_batch {self.max_batch}: "
+                f"expected 1 to {self.max_batch}"
+            )
+        if precision == "int8" and self.calibration is None:
+            raise UsageError(
+                "--target tensorrt --precision int8 needs --calibration (a .npz from `edgeclip calibrate`, "
+                "or a folder of images): TensorRT int8 is a calibrated Q/DQ graph"
+            )
+        return replace(self, opt_batch=opt_batch)
+
 
 SPEC = TargetSpec(
     name="tensorrt",
@@ -42,66 +93,18 @@ SPEC = TargetSpec(
     requires="an NVIDIA GPU with TensorRT 10+ to build and run engines (--onnx-only prepares the graphs anywhere)",
     extra="tensorrt",
     platforms=("Linux x86_64 + NVIDIA GPU", "Jetson (JetPack 6+)", "Windows + NVIDIA GPU"),
-    options=("max_batch", "opt_batch", "workspace", "calibration", "calibration_method", "onnx_only", "timing_cache"),
+    options_type=TensorRTOptions,
 )
 
 
-@dataclass(frozen=True)
-class TensorRTOptions:
-    """The validated target options of a TensorRT export."""
-
-    precision: str
-    max_batch: int
-    opt_batch: int
-    workspace_mib: int
-    calibration: object | None  # a CalibrationSet or a path (.npz, folder); int8 only
-    calibration_method: str
-    onnx_only: bool
-    timing_cache: Path | None  # None: a per-device file under the user's cache folder
-
-
-def _whole(key: str, value: Any, low: int, high: int) -> int:
-    ok = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
-    if not ok or not low <= int(value) <= high:
-        raise UsageError(f"tensorrt {key} {value!r}: expected a whole number from {low} to {high}")
-    return int(value)
-
-
 def parse_options(precision: str, options: dict[str, Any]) -> TensorRTOptions:
-    """The TensorRT options from an export's target_options, or a UsageError naming the bad value."""
-    from edgeclip.export.onnx_quant import parse_options as parse_precision_options
-
-    max_batch = _whole("max_batch", options.get("max_batch", DEFAULT_MAX_BATCH), 1, MAX_BATCH_LIMIT)
-    opt_batch = _whole("opt_batch", options.get("opt_batch", max(1, max_batch // 2)), 1, MAX_BATCH_LIMIT)
-    if opt_batch > max_batch:
-        raise UsageError(
-            f"tensorrt opt_batch {opt_batch} is larger than max_batch {max_batch}: expected 1 to {max_batch}"
-        )
-    workspace = _whole("workspace", options.get("workspace", DEFAULT_WORKSPACE_MIB), 16, 1 << 20)
-    # The calibration options mean what they mean for the ONNX target (one parser, one set of messages).
-    calib_options = {k: options[k] for k in ("calibration", "calibration_method") if options.get(k) is not None}
-    if precision == "int8" and "calibration" not in calib_options:
-        raise UsageError(
-            "--target tensorrt --precision int8 needs --calibration (a .npz from `edgeclip calibrate`, "
-            "or a folder of images): TensorRT int8 is a calibrated Q/DQ graph"
-        )
-    request = parse_precision_options(precision, calib_options)
-    cache = options.get("timing_cache")
-    return TensorRTOptions(
-        precision,
-        max_batch,
-        opt_batch,
-        workspace,
-        request.calibration,
-        request.method,
-        bool(options.get("onnx_only", False)),
-        Path(str(cache)) if cache else None,
-    )
+    """The TensorRT options from strings or values by key, or a UsageError naming the bad value."""
+    return parse_target_options(TensorRTOptions, SPEC.name, options, precision)
 
 
 def validate_options(options: ExportOptions) -> ExportOptions:
-    """Check the options, then stop at once where engines cannot be built (unless only the ONNX stage is asked)."""
-    opts = parse_options(options.precision, options.target_options)
+    """Stop at once where engines cannot be built (unless only the ONNX stage is asked)."""
+    opts = options_of(options, TensorRTOptions)
     if not opts.onnx_only:
         reason = tensorrt_unavailable()
         if reason is not None:
@@ -109,7 +112,7 @@ def validate_options(options: ExportOptions) -> ExportOptions:
                 f"the tensorrt target builds engines on the NVIDIA GPU that runs them, and here {reason}: pass "
                 "--onnx-only to write the checked TensorRT-ready ONNX graphs here and build the engines on the device"
             )
-    return options
+    return replace(options, target_options=opts)
 
 
 # --- the ONNX stage (runs anywhere) ---------------------------------------------------------------------------------
@@ -128,7 +131,14 @@ class ReadyGraph:
 
 
 def prepare_onnx(
-    fp32: EncoderFiles, fp32_dir: Path, ready_dir: Path, opts: TensorRTOptions, calib, spec, tokenizer
+    fp32: EncoderFiles,
+    fp32_dir: Path,
+    ready_dir: Path,
+    precision: str,
+    opts: TensorRTOptions,
+    calib,
+    spec,
+    tokenizer,
 ) -> tuple[dict[str, ReadyGraph], dict[str, np.ndarray]]:
     """Write the fp16 or int8 Q/DQ graphs TensorRT builds from, each checked in ONNX Runtime against fp32.
 
@@ -143,12 +153,12 @@ def prepare_onnx(
     held = gate_inputs(calib, spec, tokenizer)
     samples = {"image": held.pixels, "text": held.texts}
     calibration = {"image": held.image_feeds, "text": held.text_feeds}
-    floor = PARITY_FLOORS[opts.precision]
+    floor = PARITY_FLOORS[precision]
     ready_dir.mkdir(parents=True, exist_ok=True)
     graphs = {}
     for role, file in (("image", fp32.image), ("text", fp32.text)):
         src, dst = fp32_dir / file.file, ready_dir / file.file
-        if opts.precision == "int8":
+        if precision == "int8":
             quantized = quantize_for_tensorrt(src, dst, calibration[role], method=opts.calibration_method, role=role)
             check: dict[str, Any] = {"quantized_nodes": len(quantized), **check_tensorrt_qdq(dst).to_dict()}
         else:
@@ -158,7 +168,7 @@ def prepare_onnx(
         report = parity_report(run_onnx_cpu(src, feed), run_onnx_cpu(dst, feed), "onnxruntime cpu, fp32 onnx export")
         if report.min_cosine < floor:
             raise ExportError(
-                f"the TensorRT-ready {opts.precision} {role} graph drifts from fp32 in ONNX Runtime: "
+                f"the TensorRT-ready {precision} {role} graph drifts from fp32 in ONNX Runtime: "
                 f"min cosine {report.min_cosine:.5f} < {floor} over {report.samples} held-out inputs"
             )
         check["vs_fp32_onnxruntime"] = report.to_dict()
@@ -176,7 +186,7 @@ def trtexec_command(graph: ReadyGraph, engine: str, opts: TensorRTOptions) -> st
     return (
         f"trtexec --onnx={graph.path.name} --saveEngine={engine} --stronglyTyped "
         f"--minShapes={name}:{_dims(graph.input, 1)} --optShapes={name}:{_dims(graph.input, opts.opt_batch)} "
-        f"--maxShapes={name}:{_dims(graph.input, opts.max_batch)} --memPoolSize=workspace:{opts.workspace_mib}M "
+        f"--maxShapes={name}:{_dims(graph.input, opts.max_batch)} --memPoolSize=workspace:{opts.workspace}M "
         "--timingCacheFile=edgeclip-tensorrt.timing"
     )
 
@@ -209,7 +219,7 @@ def build_engine(graph: ReadyGraph, engine_path: Path, opts: TensorRTOptions, ca
         first = errors[0].strip().splitlines()[0] if errors else "no error reported"
         raise ExportError(f"TensorRT {trt.__version__} cannot parse the {graph.role} encoder graph: {first}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace << 20)
     rest = tuple(int(d) for d in graph.input.shape[1:])
     profile = builder.create_optimization_profile()
     profile.set_shape(graph.input.name, (1, *rest), (opts.opt_batch, *rest), (opts.max_batch, *rest))
@@ -220,7 +230,7 @@ def build_engine(graph: ReadyGraph, engine_path: Path, opts: TensorRTOptions, ca
     if plan is None:
         raise ExportError(
             f"TensorRT {trt.__version__} could not build the {graph.role} encoder engine "
-            f"(max batch {opts.max_batch}, workspace {opts.workspace_mib} MiB): see its log above"
+            f"(max batch {opts.max_batch}, workspace {opts.workspace} MiB): see its log above"
         )
     engine_path.write_bytes(memoryview(plan))
     cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,19 +259,20 @@ def engine_parity(graph: ReadyGraph, engine_path: Path, inputs: np.ndarray, refe
 def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> EncoderFiles:
     """Write image_encoder.engine and text_encoder.engine (or, with onnx_only, the TensorRT-ready .onnx graphs)."""
     from edgeclip.calibration import resolve_calibration
-    from edgeclip.export import onnx as onnx_target
+    from edgeclip.export.targets import onnx as onnx_target
     from edgeclip.runtimes.tokenizer import Tokenizer
 
-    opts = parse_options(options.precision, options.target_options)
+    opts = options_of(options, TensorRTOptions)
+    precision = options.precision
     # Before the fp32 export: a calibration set made for other preprocessing fails here, fast.
-    calib = resolve_calibration(opts.calibration, encoders.preprocess) if opts.precision == "int8" else None
+    calib = resolve_calibration(opts.calibration, encoders.preprocess) if precision == "int8" else None
     tokenizer = Tokenizer.from_file(out_dir / "tokenizer.json", encoders.tokenizer)
     files: dict[str, EncoderFile] = {}
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         fp32_dir = Path(tmp) / "fp32"
         fp32 = onnx_target.export(encoders, fp32_dir, ExportOptions("onnx", "fp32", options.opset))
         graphs, held_out = prepare_onnx(
-            fp32, fp32_dir, Path(tmp) / "ready", opts, calib, encoders.preprocess, tokenizer
+            fp32, fp32_dir, Path(tmp) / "ready", precision, opts, calib, encoders.preprocess, tokenizer
         )
         info: dict[str, Any] = {
             "onnx_stage": {role: g.check for role, g in graphs.items()},
@@ -275,7 +286,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
             info["stage"] = "onnx (build the engines on the NVIDIA device)"
             info["trtexec"] = {role: trtexec_command(g, f"{role}_encoder.engine", opts) for role, g in graphs.items()}
         else:
-            info.update(_build(graphs, held_out, out_dir, opts, files))
+            info.update(_build(graphs, held_out, out_dir, precision, opts, files))
     calibration = (
         None
         if calib is None
@@ -293,6 +304,7 @@ def _build(
     graphs: dict[str, ReadyGraph],
     held_out: dict[str, np.ndarray],
     out_dir: Path,
+    precision: str,
     opts: TensorRTOptions,
     files: dict[str, EncoderFile],
 ) -> dict[str, Any]:
@@ -301,7 +313,7 @@ def _build(
 
     facts = device_facts()
     cache = opts.timing_cache or default_timing_cache(facts)
-    floor = PARITY_FLOORS[opts.precision]
+    floor = PARITY_FLOORS[precision]
     parity = {}
     for role, g in graphs.items():
         engine = out_dir / f"{role}_encoder.engine"
@@ -310,7 +322,7 @@ def _build(
         if report.min_cosine < floor:
             raise ExportError(
                 f"{role} engine parity failed: min cosine {report.min_cosine:.5f} to ONNX Runtime fp32 "
-                f"< {floor} over {report.samples} inputs ({opts.precision})"
+                f"< {floor} over {report.samples} inputs ({precision})"
             )
         parity[role] = report.to_dict()
         files[role] = EncoderFile(engine.name, (g.input,), (g.output,))
@@ -319,7 +331,7 @@ def _build(
         facts["gpu_name"],
         facts["compute_capability"],
         (1, opts.opt_batch, opts.max_batch),
-        opts.workspace_mib,
+        opts.workspace,
     )
     return {
         "tensorrt": record.to_dict(),
