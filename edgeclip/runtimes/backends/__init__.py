@@ -1,7 +1,14 @@
-"""Runtime backends: one class per runtime with the same small surface, found through a registry."""
+"""Runtime backends: one class per runtime with the same small surface, found through a registry.
+
+Registration flows one way: a backend module imports this registry and registers itself; `list_backends` and
+`backend_for_target` load every module of this package (pkgutil) and never name them. The backend modules
+import their runtime libraries lazily, so loading them all stays light.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +51,16 @@ class BackendInfo:
 
 
 _BACKENDS: dict[str, BackendInfo] = {}
+_loaded = False
+
+
+def load_backends() -> None:
+    """Import every backend module of this package once (each registers itself)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+            importlib.import_module(module.name)
 
 
 def register_backend(name: str, *, targets: Sequence[str]) -> Callable[[BackendFactory], BackendFactory]:
@@ -60,11 +77,13 @@ def register_backend(name: str, *, targets: Sequence[str]) -> Callable[[BackendF
 
 def list_backends() -> list[str]:
     """Names of the registered backends."""
+    load_backends()
     return sorted(_BACKENDS)
 
 
 def backend_for_target(target: str, name: str | None = None) -> BackendInfo:
     """The backend that runs bundles of `target` (or the named one, checked to run that target)."""
+    load_backends()
     if name is not None:
         if name not in _BACKENDS:
             raise UsageError(f"unknown backend {name!r}: expected one of {', '.join(list_backends())}")
@@ -76,9 +95,3 @@ def backend_for_target(target: str, name: str | None = None) -> BackendInfo:
         if target in info.targets:
             return info
     raise UsageError(f"no runtime backend for {target!r} bundles: this edgeclip has {', '.join(list_backends())}")
-
-
-# Registration happens on import; the backend modules import their runtime libraries lazily.
-from edgeclip.runtimes.backends import coreml as _coreml  # noqa: E402, F401
-from edgeclip.runtimes.backends import ort as _ort  # noqa: E402, F401
-from edgeclip.runtimes.backends import tensorrt as _tensorrt  # noqa: E402, F401
