@@ -264,6 +264,9 @@ def test_not_an_index_or_a_newer_schema_is_a_clear_error(bundle, tmp_path: Path)
     with pytest.raises(SearchIndexError, match="does not exist"):
         open_index(tmp_path / "missing.sqlite")
     (tmp_path / "photos").mkdir()
+    with pytest.raises(SearchIndexError, match="is not an edgeclip index"):
+        index_folder(bundle, tmp_path / "photos", other)  # another program's database is never written to
+    assert sqlite3.connect(other).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     db = tmp_path / "p.sqlite"
     index_folder(bundle, tmp_path / "photos", db)
     con = sqlite3.connect(db)
@@ -377,7 +380,7 @@ def test_cli_index_search_and_eval(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_bench_search_rows_go_into_the_results_file_and_report(tiny_bundle: Path, tmp_path: Path) -> None:
-    from edgeclip.bench import load_report, load_results
+    from edgeclip.bench import BenchResult, load_report, load_results
     from edgeclip.bench.report import to_markdown
 
     results = tmp_path / "search.json"
@@ -388,6 +391,7 @@ def test_bench_search_rows_go_into_the_results_file_and_report(tiny_bundle: Path
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     result = load_results(results)
+    assert BenchResult.from_json(result.to_json()) == result  # search figures round-trip (schema 1.1)
     names = [e.name for e in result.entries]
     assert names[0] == "search:index (tiny.edgeclip)" and "search:exact@300" in names
     index_row = result.entries[0].search

@@ -74,7 +74,8 @@ def default_ann() -> Any | None:
 
 @register_ann
 class UsearchIndex:
-    """usearch HNSW over cosine, vectors kept as f16 (fp16 storage) or i8 (int8 storage) inside the graph."""
+    """usearch HNSW over cosine, vectors kept as f16 inside the graph whatever the table stores (i8 in the graph
+    measured recall@10 0.956 at 100k entries, f16 0.999: docs/search.md)."""
 
     name = "usearch"
     extra = "search"
@@ -104,7 +105,7 @@ class UsearchIndex:
 
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, storage: str) -> UsearchIndex:
-        index = cls._new(vectors.shape[1], "i8" if storage == "int8" else "f16")
+        index = cls._new(vectors.shape[1], "f16")
         if len(ids):
             index.add(np.asarray(ids, dtype=np.uint64), np.ascontiguousarray(vectors, dtype=np.float32))
         return cls(index)

@@ -195,7 +195,7 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[str], Any], items: Sequ
 
 def _open_for_write(db_path: Path, identity: BundleIdentity, storage: str | None) -> tuple[sqlite3.Connection, str]:
     fresh = not db_path.exists() or (db_path.is_file() and db_path.stat().st_size == 0)
-    db = connect(db_path, create=True)
+    db = connect(db_path, create=fresh)  # an existing file is checked before anything is written to it
     if fresh:
         create_schema(db, identity, storage or STORAGES[0])
         return db, storage or STORAGES[0]
