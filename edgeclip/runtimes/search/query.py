@@ -101,6 +101,7 @@ class PhotoIndex:
         self._vectors: tuple[int, np.ndarray, np.ndarray] | None = None  # (generation, ids, matrix)
         self._ann: tuple[int, Any] | None = None
         self._ann_kind = ""
+        self._counted: tuple[int, int] | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -187,10 +188,11 @@ class PhotoIndex:
         lo, hi = parse_date(since, "--since"), parse_date(until, "--until")
         filtered = glob is not None or lo is not None or hi is not None
         notes: list[str] = []
-        total = len(self)
+        gen = generation(self._db)
+        total = self._count(gen)
         if total == 0:
             return SearchResult(query, "exact", 0, (), time.perf_counter() - started, ("the index is empty",))
-        ann = None if filtered or method == "exact" else self._fresh_ann()
+        ann = None if filtered or method == "exact" else self._fresh_ann(gen)
         if method == "approximate" and ann is None:
             why = "a filter is given" if filtered else "the index holds no fresh approximate index"
             raise UsageError(
@@ -200,7 +202,7 @@ class PhotoIndex:
             found_ids, scores = ann.search(q, k)
             used, searched = get_ann(self._ann_kind).name, total
         else:
-            ids, matrix = self._matrix()
+            ids, matrix = self._matrix(gen)
             if filtered:
                 allowed = self._filter_ids(glob, lo, hi)
                 rows = np.searchsorted(ids, allowed)
@@ -219,15 +221,18 @@ class PhotoIndex:
 
     # --- internals ----------------------------------------------------------------------------------
 
-    def _matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        gen = generation(self._db)
+    def _count(self, gen: int) -> int:
+        if self._counted is None or self._counted[0] != gen:
+            self._counted = (gen, len(self))
+        return self._counted[1]
+
+    def _matrix(self, gen: int) -> tuple[np.ndarray, np.ndarray]:
         if self._vectors is None or self._vectors[0] != gen:
             ids, matrix = load_vectors(self._db, self.storage, self.embed_dim)
             self._vectors = (gen, ids, matrix)
         return self._vectors[1], self._vectors[2]
 
-    def _fresh_ann(self) -> Any | None:
-        gen = generation(self._db)
+    def _fresh_ann(self, gen: int) -> Any | None:
         if self._ann is not None and self._ann[0] == gen:
             return self._ann[1]
         stored = stored_ann(self._db)
