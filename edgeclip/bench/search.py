@@ -8,7 +8,6 @@ Rows carry a `search` object (results schema 1.1), so `bench report` and `bench 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import statistics
 import tempfile
@@ -259,4 +258,4 @@ def _query_entry(
     )
 
 
-__all__ = ["json", "run_search_bench", "synthetic_vectors", "write_synthetic_index"]
+__all__ = ["run_search_bench", "synthetic_vectors", "write_synthetic_index"]
