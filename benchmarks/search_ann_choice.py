@@ -93,7 +93,9 @@ def compare_storage(dims: tuple[int, ...] = (64, 512), n: int = 100_000, queries
         for storage in ("fp16", "int8"):
             rows = encode_vectors(x, storage)
             y = decode_vectors([b for b, _ in rows], [s for _, s in rows], storage, dim)
-            recall = np.mean([len(set(exact_topk(y, v, 10)[0].tolist()) & t) / 10 for v, t in zip(q, truth)])
+            recall = np.mean(
+                [len(set(exact_topk(y, v, 10)[0].tolist()) & t) / 10 for v, t in zip(q, truth, strict=True)]
+            )
             print(f"dim {dim} storage {storage}: exact recall@10 vs fp32 {recall:.4f} ({len(rows[0][0])} bytes/vector)")
 
 
