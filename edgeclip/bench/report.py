@@ -39,7 +39,8 @@ class Report:
 
     def models(self) -> list[str]:
         """Row keys in first-seen order: architecture and target/precision (or bundle) name."""
-        return list(dict.fromkeys(_row_key(e) for run in self.runs for e in run.result.entries))
+        keys = (_row_key(e) for run in self.runs for e in run.result.entries if e.search is None)
+        return list(dict.fromkeys(keys))  # photo-search rows are shown in each run's own search table
 
 
 def _row_key(entry: BenchEntry) -> str:
@@ -249,7 +250,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def to_html(report: Report, stage: str = "image", png: bytes | None = None) -> str:
     """A static, self-contained page: device list, both grids, the plot (embedded) and each run's full table."""
-    from edgeclip.bench.table import result_rows
+    from edgeclip.bench.table import result_rows, search_rows
 
     header, latency_rows, accuracy_rows = matrix(report, stage)
     parts = [
@@ -280,6 +281,9 @@ def to_html(report: Report, stage: str = "image", png: bytes | None = None) -> s
         run_header, rows, _ = result_rows(run.result)
         notes = [f"{STATUS_MARKS[e.status]} {e.name}: {e.reason}" for e in run.result.entries if e.reason]
         parts += [f"<h2>{html.escape(run.label)}</h2>", _html_table(run_header, rows)]
+        search_header, search, _ = search_rows(run.result)
+        if search:
+            parts += ["<h3>Photo search</h3>", _html_table(search_header, search)]
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
     if report.skipped:
         parts.append("<h2>Skipped files</h2><ul>")

@@ -37,6 +37,12 @@ ignore them); a major bump breaks readers, so a reader refuses any other major v
       accuracy       {dataset, images, classes, top1} zero-shot top-1 (0..1)
       parity         {reference, floor, image {samples, mean, p1, min}, text {...}} cosine to the reference
       export_s       seconds the export took (bundles exported by this run)
+      search         (1.1, optional; rows of `edgeclip bench search`) SearchFigures: task ("index" or "query"),
+                     method ("pipeline", "encoder only", "exact" or an approximate index such as "usearch"),
+                     entries (photos indexed, or vectors searched), dim, storage, images_per_s and
+                     encoder_images_per_s (index: the whole pipeline, and the image encoder alone on preprocessed
+                     batches, same backend), latency (query: LatencyStats of one query at a time, batch 1),
+                     recall_at_10 (query: against exact search)
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from edgeclip.errors import ResultsError
 from edgeclip.metrics.parity import CosineStats
 
 SCHEMA = "edgeclip-bench-results"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 STATUSES = ("ok", "failed_checks", "export_failed")
 STAGES = ("image", "text", "end_to_end")
 KINDS = ("bundle", "eager")
@@ -217,6 +223,51 @@ class ModelIdentity:
 
 
 @dataclass(frozen=True)
+class SearchFigures:
+    """Photo-search figures of a row: index throughput against the encoder's own, or query latency and recall."""
+
+    task: str  # "index" or "query"
+    method: str
+    entries: int
+    dim: int
+    storage: str
+    images_per_s: float | None = None
+    encoder_images_per_s: float | None = None
+    latency: LatencyStats | None = None
+    recall_at_10: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "method": self.method,
+            "entries": self.entries,
+            "dim": self.dim,
+            "storage": self.storage,
+            "images_per_s": self.images_per_s,
+            "encoder_images_per_s": self.encoder_images_per_s,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "recall_at_10": self.recall_at_10,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> SearchFigures:
+        latency = _optional(data, "latency")
+        numbers = {}
+        for key in ("images_per_s", "encoder_images_per_s", "recall_at_10"):
+            value = _optional(data, key)
+            numbers[key] = float(value) if isinstance(value, (int, float)) else None
+        return cls(
+            task=_require(data, "task", str, where),
+            method=_require(data, "method", str, where),
+            entries=_require(data, "entries", int, where),
+            dim=_require(data, "dim", int, where),
+            storage=_require(data, "storage", str, where),
+            latency=LatencyStats.from_dict(latency, f"{where}.latency") if latency else None,
+            **numbers,
+        )
+
+
+@dataclass(frozen=True)
 class BenchEntry:
     """One row: a target/precision (or bundle) on this device, with its status and every figure measured."""
 
@@ -237,6 +288,7 @@ class BenchEntry:
     accuracy: Accuracy | None = None
     parity: Parity | None = None
     export_s: float | None = None
+    search: SearchFigures | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -283,6 +335,7 @@ class BenchEntry:
             "accuracy": self.accuracy.to_dict() if self.accuracy else None,
             "parity": self.parity.to_dict() if self.parity else None,
             "export_s": self.export_s,
+            **({"search": self.search.to_dict()} if self.search else {}),
         }
 
     @classmethod
@@ -302,6 +355,7 @@ class BenchEntry:
         accuracy = _optional(data, "accuracy")
         parity = _optional(data, "parity")
         export_s = _optional(data, "export_s")
+        search = _optional(data, "search")
         try:
             return cls(
                 name=name,
@@ -321,6 +375,7 @@ class BenchEntry:
                 accuracy=Accuracy.from_dict(accuracy, f"{where}.accuracy") if accuracy else None,
                 parity=Parity.from_dict(parity, f"{where}.parity") if parity else None,
                 export_s=float(export_s) if isinstance(export_s, (int, float)) else None,
+                search=SearchFigures.from_dict(search, f"{where}.search") if search else None,
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise ResultsError(f"{where} ({name}) is malformed: {e}") from None

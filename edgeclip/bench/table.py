@@ -74,6 +74,8 @@ def result_rows(result: BenchResult) -> tuple[list[str], list[list[str]], list[b
     ]
     rows = []
     for e in result.entries:
+        if e.search is not None:
+            continue  # photo-search rows have their own table (search_rows)
         image, text, e2e = e.stats("image", small), e.stats("text", small), e.stats("end_to_end", small)
         fps = e.stats("image", large)
         size = e.size_total
@@ -98,6 +100,34 @@ def result_rows(result: BenchResult) -> tuple[list[str], list[list[str]], list[b
     return header, rows, [False, False] + [True] * (len(header) - 2)
 
 
+def search_rows(result: BenchResult) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Header, rows and right-alignment of the photo-search rows (`edgeclip bench search`), if any."""
+    header = ["Search row", "Status", "entries", "dim", "storage", "img/s", "encoder img/s", "ratio", "p50 ms",
+              "p99 ms", "recall@10"]  # fmt: skip
+    rows = []
+    for e in result.entries:
+        f = e.search
+        if f is None:
+            continue
+        ratio = f.images_per_s / f.encoder_images_per_s if f.images_per_s and f.encoder_images_per_s else None
+        rows.append(
+            [
+                e.name,
+                f"{mark(e)} {STATUS_WORDS[e.status]}",
+                str(f.entries),
+                str(f.dim),
+                f.storage,
+                fmt(f.images_per_s, ".1f"),
+                fmt(f.encoder_images_per_s, ".1f"),
+                fmt(ratio, ".2f") + ("x" if ratio else ""),
+                fmt(f.latency.p50_ms if f.latency else None, ".3f"),
+                fmt(f.latency.p99_ms if f.latency else None, ".3f"),
+                fmt(f.recall_at_10, ".4f"),
+            ]
+        )
+    return header, rows, [False, False] + [True] * (len(header) - 2)
+
+
 def format_result(result: BenchResult, markdown: bool = False) -> str:
     """The run's table with a device line above and each row's reason (why it did not run or failed) below."""
     header, rows, right = result_rows(result)
@@ -116,6 +146,13 @@ def format_result(result: BenchResult, markdown: bool = False) -> str:
         + (f"; load average at start {load[0]:.2f}" if load else ""),
         render(header, rows, right, markdown),
     ]
+    if not rows:
+        lines.pop()  # a run of search rows only
+        lines.pop()
+        lines.append(f"search rows: {s.get('search_note', '')}".rstrip(": "))
+    search_header, search, search_right = search_rows(result)
+    if search:
+        lines.append(render(search_header, search, search_right, markdown))
     notes = [f"{mark(e)} {e.name}: {e.reason}" for e in result.entries if e.reason]
     random = sorted({e.model.architecture for e in result.entries if e.model and e.model.random_init})
     if random:
