@@ -51,6 +51,7 @@ from typing import Any
 
 from edgeclip.bench.device import DeviceInfo
 from edgeclip.errors import ResultsError
+from edgeclip.runtimes.checksums import umask_mode
 
 SCHEMA = "edgeclip-bench-results"
 SCHEMA_VERSION = "1.0"
@@ -447,6 +448,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; a results file is shared like any other output
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

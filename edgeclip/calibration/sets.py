@@ -18,6 +18,7 @@ from edgeclip.calibration.sampling import STRATEGIES, image_features, select
 from edgeclip.calibration.text import default_text_strings
 from edgeclip.data.images import list_images, load_image
 from edgeclip.errors import ImageError, UsageError
+from edgeclip.runtimes.checksums import umask_mode
 from edgeclip.runtimes.preprocess import PreprocessSpec, preprocess_image
 
 FORMAT = "edgeclip-calibration/1"
@@ -123,6 +124,7 @@ class CalibrationSet:
                 texts=np.array(self.texts, dtype=np.str_),
                 meta=np.array(json.dumps(meta)),
             )
+            os.chmod(tmp, umask_mode())  # mkstemp makes 0600; the set is shared like any other output
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeclip.errors import BundleError, UsageError
+from edgeclip.runtimes.checksums import umask_mode
 
 if TYPE_CHECKING:
     from edgeclip.runtimes.bundle import Bundle
@@ -35,6 +36,11 @@ def check_head_name(name: str) -> str:
 
 def check_labels(labels: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Labels must be non-empty, non-blank and unique: their order is the class order."""
+    if isinstance(labels, str):
+        raise UsageError(f"labels is the string {labels!r}: expected a list of labels, e.g. ['cat', 'dog']")
+    if not all(isinstance(label, str) for label in labels):
+        bad = next(label for label in labels if not isinstance(label, str))
+        raise UsageError(f"label {bad!r} is a {type(bad).__name__}: expected strings")
     cleaned = tuple(label.strip() for label in labels)
     if not cleaned:
         raise UsageError("the label list is empty: expected at least one label, e.g. --labels cat,dog")
@@ -151,6 +157,7 @@ class Head:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+            os.chmod(tmp, umask_mode())  # mkstemp makes 0600; a head is shared like any other bundle file
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
