@@ -28,18 +28,27 @@ class EdgeclipGroup(click.Group):
             warnings.showwarning = _echo_warning
             try:
                 return super().invoke(ctx)
-            except errors.UsageError as e:
-                raise click.UsageError(str(e)) from None
-            except errors.EdgeclipError as e:
-                raise click.ClickException(str(e)) from None
-            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into errors.Interrupted below
-                signum = getattr(e, "signum", signal.SIGINT)
-                name = signal.Signals(signum).name
-                click.echo(
-                    f"Error: interrupted by {name}: stopped; files being written were removed, earlier outputs kept",
-                    err=True,
-                )
-                ctx.exit(128 + signum)
+            except click.exceptions.Exit:
+                raise
+            except BaseException as e:
+                # A signal can surface as another error (an import it interrupted fails with ImportError, say):
+                # once one arrived, the command was interrupted, whatever the exception.
+                signum = _RECEIVED[0] if _RECEIVED else (signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
+                if signum is not None:
+                    name = signal.Signals(signum).name
+                    click.echo(
+                        f"Error: interrupted by {name}: stopped; partial files removed, earlier outputs kept",
+                        err=True,
+                    )
+                    ctx.exit(128 + signum)
+                if isinstance(e, errors.UsageError):
+                    raise click.UsageError(str(e)) from None
+                if isinstance(e, errors.EdgeclipError):
+                    raise click.ClickException(str(e)) from None
+                raise
+
+
+_RECEIVED: list[int] = []  # the signal that stopped this command, if one did
 
 
 def _on_signal(signum: int, _frame: object) -> None:
@@ -49,6 +58,7 @@ def _on_signal(signum: int, _frame: object) -> None:
     """
     for other in (signal.SIGINT, signal.SIGTERM):
         signal.signal(other, signal.SIG_IGN)
+    _RECEIVED.append(signum)
     raise errors.Interrupted(signum)
 
 
@@ -60,6 +70,7 @@ def _signals_raise(top: bool):
     if not top or threading.current_thread() is not threading.main_thread():
         yield
         return
+    _RECEIVED.clear()
     before = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

@@ -44,7 +44,7 @@ def _check_output(output: Path, force: bool) -> None:
         raise UsageError(f"output {output} exists: pass --force to overwrite it")
     problem = _not_a_bundle(output)
     if problem:
-        raise UsageError(f"output {output} {problem}: refusing to replace it, even with --force")
+        raise UsageError(f"output {output} is not a bundle: it {problem}; refusing to replace it, even with --force")
 
 
 def _not_a_bundle(output: Path) -> str | None:
@@ -52,12 +52,12 @@ def _not_a_bundle(output: Path) -> str | None:
     if output.is_symlink():
         return "is a symlink"
     if not output.is_dir():
-        return "is a file, not a bundle folder"
+        return "is a file"
     entries = sorted(p.name for p in output.iterdir())
     if not entries:
         return None
     if MANIFEST_NAME not in entries:
-        return f"holds {_some(entries)} but no {MANIFEST_NAME}, so it is not an edgeclip bundle"
+        return f"holds {_some(entries)} but no {MANIFEST_NAME}"
     try:
         manifest = BundleManifest.from_json((output / MANIFEST_NAME).read_text(encoding="utf-8"), MANIFEST_NAME)
     except (BundleError, OSError, UnicodeDecodeError, ValueError) as e:
@@ -75,7 +75,7 @@ def _not_a_bundle(output: Path) -> str | None:
     elif heads.is_dir():
         other += [f"heads/{p.name}" for p in sorted(heads.iterdir()) if p.suffix != ".npz" or not p.is_file()]
     if other:
-        return f"holds {_some(other)}, which {'is' if len(other) == 1 else 'are'} not part of an edgeclip bundle"
+        return f"also holds {_some(other)}, which no edgeclip bundle has"
     return None
 
 

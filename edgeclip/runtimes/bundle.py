@@ -161,7 +161,7 @@ class Bundle:
         if role not in self._encoders:
             spec = self.manifest.encoders[role]
             session = self.backend_info.factory(self._checked(spec.file), spec, self.options)
-            _check_session_inputs(self.path / spec.file, role, spec, session)
+            _check_session_inputs(self.path / spec.file, role, spec, session, self.embed_dim)
             self._encoders[role] = session
         return self._encoders[role]
 
@@ -319,7 +319,7 @@ class Bundle:
                 )
 
 
-def _check_session_inputs(path: Path, role: str, spec, session: Backend) -> None:
+def _check_session_inputs(path: Path, role: str, spec, session: Backend, embed_dim: int) -> None:
     """Where the runtime says what its model takes (ONNX Runtime does), the manifest must name the same inputs."""
     meta = getattr(session, "session", None)
     get_inputs = getattr(meta, "get_inputs", None)
@@ -331,6 +331,12 @@ def _check_session_inputs(path: Path, role: str, spec, session: Backend) -> None
         raise BundleError(
             f"{path}: the {role} encoder takes inputs {[a[0] for a in actual]}: expected {[e[0] for e in expected]} "
             "as the manifest says (encoder replaced or manifest edited)"
+        )
+    outputs = meta.get_outputs() if hasattr(meta, "get_outputs") else []
+    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if isinstance(width, int) and width != embed_dim:
+        raise BundleError(
+            f"{path}: the {role} encoder returns {width}-dim embeddings: expected {embed_dim}, the manifest's embed_dim"
         )
     for (name, shape), (_, want) in zip(actual, expected, strict=True):
         fixed = [(a, w) for a, w in zip(shape, want, strict=False) if isinstance(a, int) and isinstance(w, int)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +167,7 @@ class Head:
     def load(cls, path: Path) -> Head:
         """Read a head written by `save`; never unpickles."""
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with _open_npz(path) as data:
                 version = int(data["format_version"])
                 if version > HEAD_FORMAT_VERSION:
                     raise BundleError(f"head {path} has format version {version}: upgrade edgeclip to read it")
@@ -196,12 +195,23 @@ class Head:
                 )
         except FileNotFoundError:
             raise BundleError(f"head file {path} does not exist") from None
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-            raise BundleError(f"head file {path} is not a valid edgeclip head ({e})") from None
+        except BundleError:
+            raise
+        except Exception as e:  # numpy and zipfile raise many types for a damaged or foreign file
+            detail = " ".join(str(e).split())[:200] or type(e).__name__
+            raise BundleError(f"head file {path} is not a valid edgeclip head ({detail})") from None
         try:
             return cls(**fields)
         except UsageError as e:  # a bad file is the bundle's fault, not the caller's
             raise BundleError(f"head file {path} is inconsistent ({e})") from None
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """An .npz archive, refusing a plain .npy array (np.load returns one for such a file)."""
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("a single array, not an .npz archive of named arrays")
+    return data
 
 
 def build_prompt_head(

@@ -17,6 +17,7 @@ MANIFEST_NAME = "manifest.json"
 # 1.1 adds `checksums`, a sha256 for every file in the bundle (tokenizer and heads included).
 FORMAT_VERSION = "1.1"
 ENCODER_ROLES = ("image", "text")
+MAX_EMBED_DIM = 1 << 16  # far above any CLIP model's; a larger value is a broken or hostile manifest
 
 
 def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -196,8 +197,8 @@ class BundleManifest:
     @property
     def covers_every_file(self) -> bool:
         """Whether `checksums` names every file of the bundle (format 1.1 on); a 1.0 bundle covers its encoders only."""
-        major, minor = (int(x) for x in self.format_version.split(".")[:2])
-        return (major, minor) >= (1, 1)
+        major, _, minor = self.format_version.partition(".")
+        return (int(major), int(minor.split(".")[0] or 0)) >= (1, 1)
 
     def expected_sha256(self, relative: str) -> str | None:
         """The recorded sha256 of a bundle file, or None when the manifest records none."""
@@ -235,7 +236,7 @@ class BundleManifest:
             raise BundleError("manifest is not a JSON object")
         version = _require(data, "format_version", str, "")
         major, _, minor = version.partition(".")
-        if not (major.isdigit() and minor.split(".")[0].isdigit()):
+        if not major.isdigit() or (minor and not minor.split(".")[0].isdigit()):
             raise BundleError(f"manifest format_version {version!r} is not of the form MAJOR.MINOR")
         if int(major) > int(FORMAT_VERSION.split(".")[0]):
             raise BundleError(
@@ -251,8 +252,8 @@ class BundleManifest:
         tokenizer = TokenizerSpec.from_dict(_require(data, "tokenizer", dict, ""))
         check_relative_path(tokenizer.file, "tokenizer.file")
         embed_dim = _require(data, "embed_dim", int, "")
-        if embed_dim < 1:
-            raise BundleError(f"manifest embed_dim is {embed_dim}: expected a positive int")
+        if not 1 <= embed_dim <= MAX_EMBED_DIM:
+            raise BundleError(f"manifest embed_dim is {embed_dim}: expected a positive int up to {MAX_EMBED_DIM}")
         logit_scale = float(_require(data, "logit_scale", (int, float), ""))
         if not math.isfinite(logit_scale) or logit_scale <= 0:
             raise BundleError(f"manifest logit_scale is {logit_scale}: expected a finite positive number")
