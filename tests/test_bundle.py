@@ -139,9 +139,11 @@ def test_heads_are_stored_and_bound_to_their_model(tiny_bundle_copy: Path, photo
     assert [lab for lab, _ in by_labels] == [lab for lab, _ in by_head]
 
     alien = Head("alien", "zero-shot", ("a",), ("{}",), "OtherModel@0000", np.ones((1, bundle.embed_dim), np.float32))
-    alien.save(tiny_bundle_copy / "heads" / "alien.npz")
-    with pytest.raises(BundleError, match="was built for model OtherModel@0000, not this bundle's"):
+    alien.save(tiny_bundle_copy / "heads" / "alien.npz")  # written by hand: not in the manifest's checksums
+    with pytest.raises(BundleError, match="alien.npz is not covered by the manifest's checksums"):
         bundle.load_head("alien")
+    with pytest.raises(BundleError, match="was built for model OtherModel@0000, not this bundle's"):
+        load_bundle(tiny_bundle_copy, verify=False).load_head("alien")
     with pytest.raises(BundleError, match="has no head 'nope'"):
         bundle.load_head("nope")
     bundle.remove_head("alien")

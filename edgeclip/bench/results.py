@@ -422,6 +422,8 @@ class BenchResult:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ResultsError(f"{where} is not JSON (line {e.lineno}: {e.msg})") from None
+        except RecursionError:
+            raise ResultsError(f"{where} is nested too deeply: expected a results object") from None
         return cls.from_dict(data, where)
 
 

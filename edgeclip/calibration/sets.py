@@ -182,7 +182,7 @@ def read_captions(path: Path) -> list[tuple[Path, str]]:
                 image, caption = record["image"], record.get("caption", "")
             else:
                 image, caption = line.split("\t", 1)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             expected = '{"image": ..., "caption": ...}' if path.suffix == ".jsonl" else "path<TAB>caption"
             raise UsageError(f"{path} line {number} is not {expected}") from None
         pairs.append((path.parent / str(image), str(caption)))
