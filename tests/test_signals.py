@@ -115,7 +115,7 @@ def test_reinforce_interrupted_leaves_no_partial_shard(tmp_path: Path) -> None:
     teacher = write_random_checkpoint(tmp_path / "teacher.safetensors", TINY, seed=1)
     out = tmp_path / "shards"
     proc = start(
-        "reinforce", "--images", "shapes:train:4000", "--teacher", f"{TINY}:{teacher}", "-k", "2", "-s", "1",
+        "reinforce", "--images", "shapes:train:4000", "--teacher", f"{TINY}:{teacher}", "-k", "2",
         "--output", out, "-q",
     )  # fmt: skip
     err = interrupt_when(proc, lambda: any(out.glob(".*partial*")), signal.SIGTERM)

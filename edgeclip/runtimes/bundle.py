@@ -126,6 +126,8 @@ class Bundle:
         if not self.verify_on_load:
             return path
         expected = self.manifest.expected_sha256(relative)
+        if relative.startswith(f"{HEADS_DIR}/"):
+            expected = self._current_head_checksum(relative, expected)
         if expected is None:
             if self.manifest.covers_every_file:
                 raise BundleError(
@@ -149,6 +151,24 @@ class Bundle:
                 f"({self._what(relative)} changed or corrupt; --no-verify skips the check)"
             )
         return path
+
+    def _current_head_checksum(self, relative: str, known: str | None) -> str | None:
+        """A head's sha256 as manifest.json records it now: heads may be added or replaced after this Bundle loaded."""
+        manifest_path = self.path / MANIFEST_NAME
+        try:
+            current = BundleManifest.from_json(manifest_path.read_text(encoding="utf-8"), str(manifest_path))
+        except (OSError, UnicodeDecodeError, BundleError):
+            return known
+        if current.model_id != self.model_id:
+            return known  # the bundle was re-exported under us: its new heads are not this model's
+        self.manifest = dataclasses.replace(
+            self.manifest,
+            checksums={
+                **self.manifest.checksums,
+                **{k: v for k, v in current.checksums.items() if k.startswith(f"{HEADS_DIR}/")},
+            },
+        )
+        return current.checksums.get(relative)
 
     def _what(self, relative: str) -> str:
         roles = [role for role, enc in self.manifest.encoders.items() if enc.file == relative]
