@@ -32,6 +32,20 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     return value
 
 
+def _object(data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise BundleError(f"manifest {where} is {str(data)[:80]!r}: expected a JSON object")
+
+
+def _optional(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise BundleError(
+            f"manifest {where + '.' if where else ''}{key} is {str(value)[:80]!r}: expected {kind.__name__}"
+        )
+    return value
+
+
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
@@ -115,6 +129,7 @@ class EncoderSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> EncoderSpec:
+        _object(data, where)
         parity = data.get("parity")
         return cls(
             file=check_relative_path(_require(data, "file", str, where), f"{where}.file"),
@@ -152,10 +167,11 @@ class SourceModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> SourceModel:
+        _object(data, where)
         return cls(
             architecture=_require(data, "architecture", str, where),
-            pretrained=data.get("pretrained"),
-            checkpoint_sha256=data.get("checkpoint_sha256"),
+            pretrained=_optional(data, "pretrained", str, where),
+            checkpoint_sha256=_optional(data, "checkpoint_sha256", str, where),
             weights_sha256=_require(data, "weights_sha256", str, where),
             random_init=_require(data, "random_init", bool, where),
         )
@@ -276,9 +292,9 @@ class BundleManifest:
             edgeclip_version=_require(data, "edgeclip_version", str, ""),
             created=_require(data, "created", str, ""),
             format_version=version,
-            preprocess_source=data.get("preprocess_source") or "",
-            calibration=data.get("calibration"),
-            target_info=data.get("target_info") or {},
+            preprocess_source=_optional(data, "preprocess_source", str, "") or "",
+            calibration=_optional(data, "calibration", dict, ""),
+            target_info=_optional(data, "target_info", dict, "") or {},
             checksums=dict(checksums),
         )
 
