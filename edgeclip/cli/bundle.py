@@ -69,6 +69,10 @@ def info(bundle: Path, verify: bool, as_json: bool) -> None:
             )
     click.echo(f"heads      {', '.join(summary['heads']) or 'none'}")
     checked = "verified" if verify else "not verified"
+    if verify and not m.covers_every_file:
+        checked = (
+            f"partly verified: encoders only, format {m.format_version} has no tokenizer or head checksums (re-export)"
+        )
     click.echo(f"written by edgeclip {m.edgeclip_version} on {m.created}; files {checked}")
 
 
