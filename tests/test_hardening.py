@@ -75,8 +75,10 @@ def test_a_swapped_tokenizer_is_caught_by_info_and_at_load(tiny_bundle_copy: Pat
 
 
 def test_heads_are_covered_added_and_removed_with_the_manifest(tiny_bundle_copy: Path) -> None:
+    edit_manifest(tiny_bundle_copy, lambda d: d.__setitem__("added_by_a_later_minor", {"kept": True}))
     assert run("heads", "add", tiny_bundle_copy, "--name", "pets", "--labels", "cat,dog", "-q").exit_code == 0
     manifest = json.loads((tiny_bundle_copy / "manifest.json").read_text())
+    assert manifest["added_by_a_later_minor"] == {"kept": True}  # rewriting the manifest keeps what it cannot read
     assert manifest["checksums"]["heads/pets.npz"] == sha256_file(tiny_bundle_copy / "heads/pets.npz")
     assert run("info", tiny_bundle_copy).exit_code == 0
     # a head replaced by another valid head (other labels) is refused: it would change every answer

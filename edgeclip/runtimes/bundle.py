@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import tempfile
 import warnings
@@ -271,17 +272,22 @@ class Bundle:
         return head
 
     def _record_checksum(self, relative: str, sha256: str | None) -> None:
-        """Add (or with None drop) a file's sha256 in manifest.json, rewritten atomically; call under the lock."""
+        """Add (or with None drop) a file's sha256 in manifest.json, rewritten atomically; call under the lock.
+
+        The JSON is edited as read, so fields a newer minor version added are kept.
+        """
         manifest_path = self.path / MANIFEST_NAME
-        current = BundleManifest.from_json(manifest_path.read_text(encoding="utf-8"), str(manifest_path))
+        text = manifest_path.read_text(encoding="utf-8")
+        current = BundleManifest.from_json(text, str(manifest_path))  # refuses a manifest it cannot read
+        data = json.loads(text)
         checksums = dict(current.checksums)
         if sha256 is None:
             checksums.pop(relative, None)
         else:
             checksums[relative] = sha256
-        updated = dataclasses.replace(current, checksums=checksums)
-        write_file_atomically(manifest_path, updated.to_json().encode("utf-8"))
-        self.manifest = updated
+        data["checksums"] = dict(sorted(checksums.items()))
+        write_file_atomically(manifest_path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+        self.manifest = dataclasses.replace(current, checksums=checksums)
 
     def save_head(self, head: Head, *, force: bool = False) -> Path:
         """Store a head in heads/ and record its sha256 in the manifest; an existing head of that name needs force."""
