@@ -260,8 +260,7 @@ def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if path.is_dir():
             found = list_images(path)
             if not found:
-                suffixes = ", ".join(sorted(IMAGE_EXTENSIONS)[:6])
-                raise ImageError(f"{path}: folder holds no images; expected files such as {suffixes}, …")
+                raise ImageError(f"{path}: folder holds no images; expected image files (.jpg, .png, .webp, .bmp, …)")
             expanded.extend(found)
         else:
             expanded.append(path)
