@@ -10,7 +10,7 @@ import json
 import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _signals_raise(top: bool):
+def _signals_raise(top: bool) -> Iterator[None]:
     """While the top-level command runs (in the main thread), SIGINT and SIGTERM raise errors.Interrupted."""
     import threading
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -249,7 +250,7 @@ def classify(
     report_unreadable(bad, len(paths), quiet)
 
 
-def _bar(total: int, enabled: bool):
+def _bar(total: int, enabled: bool) -> Any:  # a tqdm bar
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc="classify", unit="img", leave=False)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +22,9 @@ from edgeclip.cli import (
     verify_option,
 )
 from edgeclip.cli.bundle import heads
+
+if TYPE_CHECKING:
+    from edgeclip.runtimes.liveness import LivenessResult
 
 _DETECTORS = ("haar", "none")
 
@@ -113,7 +117,7 @@ def liveness(
     report_unreadable(sum(1 for r in results if r.error), len(results), quiet=True)
 
 
-def _print_liveness(results, min_face: int, as_json: bool) -> None:
+def _print_liveness(results: list[LivenessResult], min_face: int, as_json: bool) -> None:
     if as_json:
         emit_json([r.to_dict() for r in results])
         return

@@ -18,7 +18,7 @@ from edgeclip.errors import BundleError
 from edgeclip.runtimes.backends import Backend, RuntimeOptions, backend_for_target
 from edgeclip.runtimes.checksums import DIGESTS, sha256_file, sha256_path, umask_mode
 from edgeclip.runtimes.heads import HEADS_DIR, Head, check_head_name
-from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest
+from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec
 from edgeclip.runtimes.preprocess import preprocess
 from edgeclip.runtimes.tokenizer import Tokenizer
 
@@ -345,7 +345,7 @@ class Bundle:
                 )
 
 
-def _check_session_inputs(path: Path, role: str, spec, session: Backend, embed_dim: int) -> None:
+def _check_session_inputs(path: Path, role: str, spec: EncoderSpec, session: Backend, embed_dim: int) -> None:
     """Where the runtime says what its model takes (ONNX Runtime does), the manifest must name the same inputs."""
     meta = getattr(session, "session", None)
     get_inputs = getattr(meta, "get_inputs", None)
@@ -358,7 +358,7 @@ def _check_session_inputs(path: Path, role: str, spec, session: Backend, embed_d
             f"{path}: the {role} encoder takes inputs {[a[0] for a in actual]}: expected {[e[0] for e in expected]} "
             "as the manifest says (encoder replaced or manifest edited)"
         )
-    outputs = meta.get_outputs() if hasattr(meta, "get_outputs") else []
+    outputs = meta.get_outputs() if meta is not None and hasattr(meta, "get_outputs") else []
     width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if isinstance(width, int) and width != embed_dim:
         raise BundleError(

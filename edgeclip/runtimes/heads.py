@@ -33,7 +33,7 @@ def check_head_name(name: str) -> str:
     return name
 
 
-def check_labels(labels: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     """Labels must be non-empty, non-blank and unique: their order is the class order."""
     if isinstance(labels, str):
         raise UsageError(f"labels is the string {labels!r}: expected a list of labels, e.g. ['cat', 'dog']")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from edgeclip.data.images import ImageLike, load_image
 from edgeclip.errors import ImageError, UsageError
@@ -129,7 +130,7 @@ class ZeroShotClassifier:
         """Predictions yielded batch by batch as each finishes, so memory stays flat in the number of images."""
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            decoded: dict[int, object] = {}
+            decoded: dict[int, Image.Image | ImageError] = {}
             for i, image in enumerate(chunk):
                 try:
                     decoded[i] = load_image(image)
@@ -137,8 +138,8 @@ class ZeroShotClassifier:
                     if not skip_bad:
                         raise
                     decoded[i] = e
-            good = [i for i, d in decoded.items() if not isinstance(d, ImageError)]
-            probs = self.probabilities([decoded[i] for i in good], batch_size=batch_size) if good else None
+            good = {i: d for i, d in decoded.items() if not isinstance(d, ImageError)}
+            probs = self.probabilities(list(good.values()), batch_size=batch_size) if good else None
             rows = {i: row for row, i in enumerate(good)}
             for i, image in enumerate(chunk):
                 if probs is not None and i in rows:
