@@ -41,3 +41,11 @@ class DatasetError(EdgeclipError):
 
 class ResultsError(EdgeclipError):
     """A benchmark results file is missing, not JSON, of another schema or malformed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a command: cleanup runs as for Ctrl-C, then the CLI exits 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -33,6 +33,7 @@ from edgeclip.bench.report import pareto_front
 from edgeclip.bench.results import SCHEMA_VERSION, LatencyStats
 from edgeclip.cli import cli
 from edgeclip.errors import ResultsError, UsageError
+from edgeclip.runtimes.checksums import sha256_file
 from tests.conftest import TINY
 
 FAST = dict(runs=5, warmup=1, eval_images=16, isolate=False)
@@ -165,6 +166,11 @@ def test_parity_below_the_floor_fails_the_checks(tiny_bundle: Path, tiny_bundle_
     noisy = numpy_helper.to_array(init) * np.float32(1.5)  # a real, wrong encoder: weights scaled
     init.CopyFrom(numpy_helper.from_array(noisy, init.name))
     onnx.save(graph, path)
+    # recorded in the manifest, as a bundle exported with these weights would be (bench verifies what it loads)
+    manifest = json.loads((tiny_bundle_copy / "manifest.json").read_text())
+    digest = sha256_file(path)
+    manifest["encoders"]["image"]["sha256"] = manifest["checksums"]["image_encoder.onnx"] = digest
+    (tiny_bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     result = run_bench(bundles=[tiny_bundle, tiny_bundle_copy], reference=str(tiny_bundle), **FAST)
     ref, changed = result.entries
     assert ref.baseline and ref.status == "ok"

@@ -83,9 +83,11 @@ def test_symlink_out_of_the_bundle_is_refused(tiny_bundle_copy: Path, tmp_path: 
 def test_verify_catches_a_changed_file(tiny_bundle_copy: Path) -> None:
     with open(tiny_bundle_copy / "text_encoder.onnx", "ab") as f:
         f.write(b"\0")
-    load_bundle(tiny_bundle_copy)  # without verification the file is only checked for existence
+    load_bundle(tiny_bundle_copy, verify=False)  # opted out: the file is only checked for existence
     with pytest.raises(BundleError, match="text encoder changed or corrupt"):
-        load_bundle(tiny_bundle_copy, verify=True)
+        load_bundle(tiny_bundle_copy).verify()
+    with pytest.raises(BundleError, match="text encoder changed or corrupt"):  # verified as it is read, by default
+        load_bundle(tiny_bundle_copy).encode_text(["a"])
 
 
 def test_not_a_bundle(tmp_path: Path) -> None:
@@ -137,9 +139,11 @@ def test_heads_are_stored_and_bound_to_their_model(tiny_bundle_copy: Path, photo
     assert [lab for lab, _ in by_labels] == [lab for lab, _ in by_head]
 
     alien = Head("alien", "zero-shot", ("a",), ("{}",), "OtherModel@0000", np.ones((1, bundle.embed_dim), np.float32))
-    alien.save(tiny_bundle_copy / "heads" / "alien.npz")
-    with pytest.raises(BundleError, match="was built for model OtherModel@0000, not this bundle's"):
+    alien.save(tiny_bundle_copy / "heads" / "alien.npz")  # written by hand: not in the manifest's checksums
+    with pytest.raises(BundleError, match="alien.npz is not covered by the manifest's checksums"):
         bundle.load_head("alien")
+    with pytest.raises(BundleError, match="was built for model OtherModel@0000, not this bundle's"):
+        load_bundle(tiny_bundle_copy, verify=False).load_head("alien")
     with pytest.raises(BundleError, match="has no head 'nope'"):
         bundle.load_head("nope")
     bundle.remove_head("alien")

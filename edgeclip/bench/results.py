@@ -58,6 +58,7 @@ from typing import Any
 from edgeclip.bench.device import DeviceInfo
 from edgeclip.errors import ResultsError
 from edgeclip.metrics.parity import CosineStats
+from edgeclip.runtimes.checksums import umask_mode
 
 SCHEMA = "edgeclip-bench-results"
 SCHEMA_VERSION = "1.1"
@@ -464,6 +465,8 @@ class BenchResult:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ResultsError(f"{where} is not JSON (line {e.lineno}: {e.msg})") from None
+        except RecursionError:
+            raise ResultsError(f"{where} is nested too deeply: expected a results object") from None
         return cls.from_dict(data, where)
 
 
@@ -490,6 +493,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; a results file is shared like any other output
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

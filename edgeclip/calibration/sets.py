@@ -19,6 +19,7 @@ from edgeclip.calibration.sampling import STRATEGIES, image_features, select
 from edgeclip.calibration.text import default_text_strings
 from edgeclip.data.images import list_images, load_image
 from edgeclip.errors import ImageError, UsageError
+from edgeclip.runtimes.checksums import umask_mode
 from edgeclip.runtimes.preprocess import PreprocessSpec, preprocess_image
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ class CalibrationSet:
                 texts=np.array(self.texts, dtype=np.str_),
                 meta=np.array(json.dumps(meta)),
             )
+            os.chmod(tmp, umask_mode())  # mkstemp makes 0600; the set is shared like any other output
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -184,7 +186,7 @@ def read_captions(path: Path) -> list[tuple[Path, str]]:
                 image, caption = record["image"], record.get("caption", "")
             else:
                 image, caption = line.split("\t", 1)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             expected = '{"image": ..., "caption": ...}' if path.suffix == ".jsonl" else "path<TAB>caption"
             raise UsageError(f"{path} line {number} is not {expected}") from None
         pairs.append((path.parent / str(image), str(caption)))

@@ -5,10 +5,12 @@ One module per command group; each registers its commands on `cli` when imported
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,59 @@ class EdgeclipGroup(click.Group):
     """Translates library errors and warnings at one place: usage errors exit 2, other edgeclip errors exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _signals_raise(top=ctx.parent is None):
             warnings.showwarning = _echo_warning
             try:
                 return super().invoke(ctx)
-            except errors.UsageError as e:
-                raise click.UsageError(str(e)) from None
-            except errors.EdgeclipError as e:
-                raise click.ClickException(str(e)) from None
+            except click.exceptions.Exit:
+                raise
+            except BaseException as e:
+                # A signal can surface as another error (an import it interrupted fails with ImportError, say):
+                # once one arrived, the command was interrupted, whatever the exception.
+                signum = _RECEIVED[0] if _RECEIVED else (signal.SIGINT if isinstance(e, KeyboardInterrupt) else None)
+                if signum is not None:
+                    name = signal.Signals(signum).name
+                    click.echo(
+                        f"Error: interrupted by {name}: stopped; partial files removed, earlier outputs kept",
+                        err=True,
+                    )
+                    ctx.exit(128 + signum)
+                if isinstance(e, errors.UsageError):
+                    raise click.UsageError(str(e)) from None
+                if isinstance(e, errors.EdgeclipError):
+                    raise click.ClickException(str(e)) from None
+                raise
+
+
+_RECEIVED: list[int] = []  # the signal that stopped this command, if one did
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    """Stop the command through an exception, so every `finally` and `except BaseException` cleanup runs.
+
+    Repeats of the signal are ignored from here on, so a second Ctrl-C cannot cut the cleanup short.
+    """
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
+    _RECEIVED.append(signum)
+    raise errors.Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise(top: bool) -> Iterator[None]:
+    """While the top-level command runs (in the main thread), SIGINT and SIGTERM raise errors.Interrupted."""
+    import threading
+
+    if not top or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _RECEIVED.clear()
+    before = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _echo_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
@@ -51,11 +98,27 @@ class CommaList(click.ParamType):
         if value.startswith("@"):
             path = Path(value[1:])
             try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except OSError as e:
-                self.fail(f"cannot read {path}: {e.strerror or e}", param, ctx)
+                lines = read_text_file(path).splitlines()
+            except errors.EdgeclipError as e:
+                self.fail(str(e), param, ctx)
             return [line.strip() for line in lines if line.strip()]
         return [item.strip() for item in value.split(",")]
+
+
+def read_text_file(path: Path) -> str:
+    """A text file as UTF-8 (a BOM is dropped), or UTF-16 when it starts with a UTF-16 BOM (Windows Notepad)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise errors.UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise errors.UsageError(
+            f"{path} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r}): expected UTF-8 or UTF-16 "
+            "with a BOM"
+        ) from None
 
 
 class FloatTriple(click.ParamType):
@@ -94,6 +157,33 @@ class ImageSize(click.ParamType):
         if len(parts) != 2 or min(parts) < 1:
             self.fail(f"{value!r} is not a size: expected 256 or 256x192", param, ctx)
         return parts
+
+
+def verify_option(fn: Callable) -> Callable:
+    """`--no-verify`: skip the sha256 check of each bundle file as it is read (for a bundle verified once)."""
+    return click.option(
+        "--no-verify",
+        "no_verify",
+        is_flag=True,
+        help="Do not check bundle files against the manifest's sha256 as they are read (default: checked).",
+    )(fn)
+
+
+def max_pixels_option(fn: Callable) -> Callable:
+    """`--max-pixels`: decode images larger than the decompression-bomb limit (e.g. 108 MP phone photos)."""
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        help="Largest image (width x height) to decode; default 89,478,485 (Pillow's), at most twice that.",
+    )(fn)
+
+
+def report_unreadable(bad: int, total: int, quiet: bool) -> None:
+    """Say how many inputs were skipped; when none could be read, that is a failure (exit 1), not a result."""
+    if bad and bad == total:
+        raise click.ClickException(f"none of the {total} images could be read (each is reported above)")
+    if bad and not quiet:
+        click.echo(f"{bad} of {total} images could not be read and were skipped", err=True)
 
 
 def quiet_option(fn: Callable) -> Callable:

@@ -13,9 +13,12 @@ from edgeclip.cli import (
     cli,
     emit_json,
     json_option,
+    max_pixels_option,
     quiet_option,
+    report_unreadable,
     runtime_options,
     show_progress,
+    verify_option,
 )
 
 # --- info -------------------------------------------------------------------------------------------
@@ -35,6 +38,8 @@ def info(bundle: Path, verify: bool, as_json: bool) -> None:
     from edgeclip.runtimes import load_bundle
 
     b = load_bundle(bundle, verify=verify)
+    if verify:
+        b.verify()
     summary = b.summary()
     if as_json:
         emit_json(summary)
@@ -65,6 +70,10 @@ def info(bundle: Path, verify: bool, as_json: bool) -> None:
             )
     click.echo(f"heads      {', '.join(summary['heads']) or 'none'}")
     checked = "verified" if verify else "not verified"
+    if verify and not m.covers_every_file:
+        checked = (
+            f"partly verified: encoders only, format {m.format_version} has no tokenizer or head checksums (re-export)"
+        )
     click.echo(f"written by edgeclip {m.edgeclip_version} on {m.created}; files {checked}")
 
 
@@ -123,17 +132,25 @@ def heads_list(bundle: Path, as_json: bool) -> None:
     Example:
       edgeclip heads list mc2s0.edgeclip
     """
+    from edgeclip.errors import EdgeclipError
     from edgeclip.runtimes import load_bundle
 
     b = load_bundle(bundle)
     rows: list[dict[str, Any]] = []  # one JSON object per head
     for name in b.head_names():
-        h = b.load_head(name)
+        try:
+            h = b.load_head(name)
+        except EdgeclipError as e:  # one bad head is reported in its row; the others still list
+            rows.append({"name": name, "error": str(e)})
+            continue
         rows.append({"name": name, "kind": h.kind, "labels": list(h.labels), "templates": len(h.templates)})
     if as_json:
         emit_json(rows)
         return
     for r in rows:
+        if "error" in r:
+            click.echo(f"{r['name']:<20} unusable: {r['error']}")
+            continue
         shown = ", ".join(r["labels"][:8]) + (" …" if len(r["labels"]) > 8 else "")
         click.echo(f"{r['name']:<20} {r['kind']:<10} {len(r['labels'])} labels ({shown}), {r['templates']} templates")
     if not rows:
@@ -168,6 +185,9 @@ def heads_remove(bundle: Path, name: str) -> None:
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Labels shown per image.")
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on, instead of stopping.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--jsonl", "as_jsonl", is_flag=True, help="Print one JSON object per image, as each batch finishes.")
+@max_pixels_option
+@verify_option
 @runtime_options
 @quiet_option
 @json_option
@@ -180,38 +200,57 @@ def classify(
     top_k: int,
     skip_bad: bool,
     batch_size: int,
+    as_jsonl: bool,
+    max_pixels: int | None,
+    no_verify: bool,
     providers: tuple[str, ...],
     threads: int | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Zero-shot classify images (files or folders) with a stored head or labels.
+    """Zero-shot classify images (files or folders) with a stored head or labels; results print as batches finish.
 
     \b
     Examples:
       edgeclip classify mc2s0.edgeclip photos/*.jpg --head pets
-      edgeclip classify mc2s0.edgeclip photos/ --labels "cat,dog" --top-k 1 --json
+      edgeclip classify mc2s0.edgeclip photos/ --labels "cat,dog" --top-k 1 --jsonl
     """
-    from edgeclip.data.images import expand_image_paths
+    import json
+
+    from edgeclip.data.images import expand_image_paths, pixel_limit
     from edgeclip.runtimes import ZeroShotClassifier, load_bundle
 
     if (head is None) == (labels is None):
         raise click.UsageError("give --head NAME or --labels a,b,c (one of them)")
+    if as_json and as_jsonl:
+        raise click.UsageError("give --json or --jsonl, not both")
     paths = expand_image_paths(images)
-    b = load_bundle(bundle, providers=providers or None, threads=threads)
+    b = load_bundle(bundle, providers=providers or None, threads=threads, verify=not no_verify)
     clf = ZeroShotClassifier(b, labels=labels, templates=_templates(templates), head=head)
-    predictions = clf.predict_many(
-        paths, top_k=top_k, skip_bad=skip_bad, batch_size=batch_size, progress=show_progress(quiet)
-    )
+    width = max(len(str(p)) for p in paths)
+    bad = 0
     if as_json:
-        emit_json([p.to_dict() for p in predictions])
-    else:
-        width = max(len(p.source) for p in predictions)
-        for p in predictions:
-            if p.error:
+        click.echo("[")
+    with pixel_limit(max_pixels), _bar(len(paths), show_progress(quiet)) as bar:
+        stream = clf.iter_predictions(paths, top_k=top_k, skip_bad=skip_bad, batch_size=batch_size)
+        for n, p in enumerate(stream):
+            bad += p.error is not None
+            bar.update(1)
+            if as_json:  # streamed as a JSON array, item by item
+                text = json.dumps(p.to_dict(), indent=2, ensure_ascii=False)
+                click.echo(("" if n == 0 else ",\n") + "\n".join("  " + line for line in text.splitlines()), nl=False)
+            elif as_jsonl:
+                click.echo(json.dumps(p.to_dict(), ensure_ascii=False))
+            elif p.error:
                 click.echo(f"{p.source:<{width}}  skipped: {p.error}")
             else:
                 click.echo(f"{p.source:<{width}}  " + "  ".join(f"{label} {prob:.3f}" for label, prob in p.ranked))
-    bad = sum(1 for p in predictions if p.error)
-    if bad and not quiet:
-        click.echo(f"{bad} of {len(predictions)} images could not be read and were skipped", err=True)
+    if as_json:
+        click.echo("\n]")
+    report_unreadable(bad, len(paths), quiet)
+
+
+def _bar(total: int, enabled: bool) -> Any:  # a tqdm bar
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc="classify", unit="img", leave=False)

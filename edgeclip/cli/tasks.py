@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,11 +14,17 @@ from edgeclip.cli import (
     cli,
     emit_json,
     json_option,
+    max_pixels_option,
     quiet_option,
+    report_unreadable,
     runtime_options,
     show_progress,
+    verify_option,
 )
 from edgeclip.cli.bundle import heads
+
+if TYPE_CHECKING:
+    from edgeclip.runtimes.liveness import LivenessResult
 
 _DETECTORS = ("haar", "none")
 
@@ -70,6 +77,8 @@ def _detector(bundle, head, detector, min_face, margin, threshold=0.5):
 @_face_options
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on, instead of stopping.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@max_pixels_option
+@verify_option
 @runtime_options
 @quiet_option
 @json_option
@@ -83,6 +92,8 @@ def liveness(
     margin,
     skip_bad,
     batch_size,
+    max_pixels,
+    no_verify,
     providers,
     threads,
     quiet,
@@ -94,14 +105,19 @@ def liveness(
     Example:
       edgeclip liveness mc2s0.edgeclip selfie.jpg id_front.jpg --threshold 0.5 --json
     """
-    from edgeclip.data.images import expand_image_paths
+    from edgeclip.data.images import expand_image_paths, pixel_limit
     from edgeclip.runtimes import load_bundle
 
-    b = load_bundle(bundle, providers=providers or None, threads=threads)
+    paths = expand_image_paths(images)
+    b = load_bundle(bundle, providers=providers or None, threads=threads, verify=not no_verify)
     det = _detector(b, head, detector, min_face, margin, threshold)
-    results = det.score_many(
-        expand_image_paths(images), skip_bad=skip_bad, batch_size=batch_size, progress=show_progress(quiet)
-    )
+    with pixel_limit(max_pixels):
+        results = det.score_many(paths, skip_bad=skip_bad, batch_size=batch_size, progress=show_progress(quiet))
+    _print_liveness(results, min_face, as_json)
+    report_unreadable(sum(1 for r in results if r.error), len(results), quiet=True)
+
+
+def _print_liveness(results: list[LivenessResult], min_face: int, as_json: bool) -> None:
     if as_json:
         emit_json([r.to_dict() for r in results])
         return
@@ -137,35 +153,40 @@ def liveness(
 )
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on, instead of stopping.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@max_pixels_option
+@verify_option
 @runtime_options
 @quiet_option
 @json_option
-def quality(bundle, images, head, overall, skip_bad, batch_size, providers, threads, quiet, as_json) -> None:
+def quality(
+    bundle, images, head, overall, skip_bad, batch_size, max_pixels, no_verify, providers, threads, quiet, as_json
+) -> None:
     """No-reference image quality: an overall score in [0, 1] and one per attribute (CLIP-IQA prompt pairs).
 
     \b
     Example:
       edgeclip quality mc2s0.edgeclip photos/*.jpg --json
     """
-    from edgeclip.data.images import expand_image_paths
+    from edgeclip.data.images import expand_image_paths, pixel_limit
     from edgeclip.runtimes import load_bundle
     from edgeclip.runtimes.quality import QualityScorer
 
-    b = load_bundle(bundle, providers=providers or None, threads=threads)
+    paths = expand_image_paths(images)
+    b = load_bundle(bundle, providers=providers or None, threads=threads, verify=not no_verify)
     scorer = QualityScorer(b, head, overall=overall)
-    results = scorer.score_many(
-        expand_image_paths(images), skip_bad=skip_bad, batch_size=batch_size, progress=show_progress(quiet)
-    )
+    with pixel_limit(max_pixels):
+        results = scorer.score_many(paths, skip_bad=skip_bad, batch_size=batch_size, progress=show_progress(quiet))
     if as_json:
         emit_json([r.to_dict() for r in results])
-        return
-    width = max(len(r.source) for r in results)
-    for r in results:
-        if r.error:
-            click.echo(f"{r.source:<{width}}  skipped: {r.error}")
-        else:
-            parts = "  ".join(f"{k} {v:.2f}" for k, v in r.attributes.items())
-            click.echo(f"{r.source:<{width}}  score {r.score:.3f}  ({parts})")
+    else:
+        width = max(len(r.source) for r in results)
+        for r in results:
+            if r.error:
+                click.echo(f"{r.source:<{width}}  skipped: {r.error}")
+            else:
+                parts = "  ".join(f"{k} {v:.2f}" for k, v in r.attributes.items())
+                click.echo(f"{r.source:<{width}}  score {r.score:.3f}  ({parts})")
+    report_unreadable(sum(1 for r in results if r.error), len(results), quiet=True)
 
 
 # --- eval -------------------------------------------------------------------------------------------
@@ -196,11 +217,25 @@ def eval_group() -> None:
 @click.option("--bona-fide", default="bona_fide", show_default=True, help="Folder name of the bona fide class.")
 @_face_options
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable images instead of stopping.")
+@verify_option
 @runtime_options
 @quiet_option
 @json_option
 def eval_liveness(
-    bundle, data, head, rule, bona_fide, detector, min_face, margin, skip_bad, providers, threads, quiet, as_json
+    bundle,
+    data,
+    head,
+    rule,
+    bona_fide,
+    detector,
+    min_face,
+    margin,
+    skip_bad,
+    no_verify,
+    providers,
+    threads,
+    quiet,
+    as_json,
 ) -> None:
     """ISO/IEC 30107-3 figures on DATA/{dev,test}/<species>/ folders: threshold chosen on dev, applied to test.
 
@@ -213,7 +248,7 @@ def eval_liveness(
     from edgeclip.runtimes import load_bundle
     from edgeclip.runtimes.liveness import evaluate_folder
 
-    b = load_bundle(bundle, providers=providers or None, threads=threads)
+    b = load_bundle(bundle, providers=providers or None, threads=threads, verify=not no_verify)
     det = _detector(b, head, detector, min_face, margin)
     report = evaluate_folder(
         det, data, rule=rule, bona_fide=bona_fide, skip_bad=skip_bad, progress=show_progress(quiet)
@@ -246,10 +281,11 @@ def eval_liveness(
 @click.option("--head", help="A quality head stored in the bundle (default: 'quality' if stored, else built now).")
 @click.option("--overall", default="quality", show_default=True, help="Attribute giving the score, or 'mean'.")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable images instead of stopping.")
+@verify_option
 @runtime_options
 @quiet_option
 @json_option
-def eval_quality(bundle, scores_csv, head, overall, skip_bad, providers, threads, quiet, as_json) -> None:
+def eval_quality(bundle, scores_csv, head, overall, skip_bad, no_verify, providers, threads, quiet, as_json) -> None:
     """SRCC and PLCC (4-parameter logistic) between quality scores and a CSV of image,score rows.
 
     \b
@@ -259,7 +295,7 @@ def eval_quality(bundle, scores_csv, head, overall, skip_bad, providers, threads
     from edgeclip.runtimes import load_bundle
     from edgeclip.runtimes.quality import QualityScorer, evaluate_csv
 
-    b = load_bundle(bundle, providers=providers or None, threads=threads)
+    b = load_bundle(bundle, providers=providers or None, threads=threads, verify=not no_verify)
     report = evaluate_csv(
         QualityScorer(b, head, overall=overall), scores_csv, skip_bad=skip_bad, progress=show_progress(quiet)
     )
@@ -309,6 +345,7 @@ def eval_quality(bundle, scores_csv, head, overall, skip_bad, providers, threads
     help="With a detector: face crop margin, as at scoring time.",
 )
 @click.option("--force", is_flag=True, help="Replace a head of the same name.")
+@verify_option
 @runtime_options
 @quiet_option
 @json_option
@@ -324,6 +361,7 @@ def adapt(
     min_face,
     margin,
     force,
+    no_verify,
     providers,
     threads,
     quiet,
@@ -341,7 +379,7 @@ def adapt(
     from edgeclip.runtimes.faces import get_face_detector
     from edgeclip.runtimes.liveness import HEAD_KIND
 
-    b = load_bundle(bundle, providers=providers or None, threads=threads)
+    b = load_bundle(bundle, providers=providers or None, threads=threads, verify=not no_verify)
     if b.head_path(name).exists() and not force:
         raise BundleError(f"{b.head_path(name)} exists: pass --force to replace it")
     base_head = b.load_head(base) if base else None

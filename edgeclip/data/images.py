@@ -15,6 +15,8 @@ Where they differ, on purpose:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import os
 import warnings
@@ -32,6 +34,22 @@ ImageLike = str | os.PathLike | Image.Image | np.ndarray
 MAX_IMAGE_PIXELS = 89_478_485
 
 ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
+
+_PIXEL_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("edgeclip_pixel_limit", default=None)
+
+
+@contextlib.contextmanager
+def pixel_limit(pixels: int | None) -> Iterator[None]:
+    """Within the block, images of up to `pixels` pixels decode (None keeps MAX_IMAGE_PIXELS), e.g. 108 MP photos.
+
+    Pillow refuses images over twice its own Image.MAX_IMAGE_PIXELS before edgeclip sees them.
+    """
+    token = _PIXEL_LIMIT.set(pixels)
+    try:
+        yield
+    finally:
+        _PIXEL_LIMIT.reset(token)
+
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {
@@ -123,9 +141,11 @@ def _from_path(src: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{name}: cannot be read ({_one_line(e)}); expected an image file") from None
     if size == 0:
         raise ImageError(f"{name}: empty file (0 bytes); expected an image file")
+    limit = _PIXEL_LIMIT.get() or MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns over its own limit; that is an error here unless a larger limit was asked for.
+            warnings.simplefilter("ignore" if limit > MAX_IMAGE_PIXELS else "error", Image.DecompressionBombWarning)
             image = Image.open(path)
     except UnidentifiedImageError:
         raise ImageError(
@@ -134,16 +154,16 @@ def _from_path(src: str | os.PathLike) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"{name}: too large to decode safely (over Pillow's Image.MAX_IMAGE_PIXELS); "
-            f"expected at most {MAX_IMAGE_PIXELS:,} pixels"
+            f"expected at most {limit:,} pixels (--max-pixels raises the limit up to twice Pillow's)"
         ) from None
     except Exception as e:
         raise ImageError(f"{name}: cannot be opened as an image ({_one_line(e)})") from None
     with image:
         width, height = image.size
-        if width * height > MAX_IMAGE_PIXELS:
+        if width * height > limit:
             raise ImageError(
                 f"{name}: {width}x{height} = {width * height:,} pixels is over the decompression-bomb "
-                f"limit; expected at most MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,} pixels"
+                f"limit; expected at most {limit:,} pixels (--max-pixels {width * height} allows it)"
             )
         try:
             image.load()
@@ -237,5 +257,11 @@ def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given and folders replaced by the images inside them (recursive, sorted), in argument order."""
     expanded: list[Path] = []
     for path in map(Path, paths):
-        expanded.extend(list_images(path) if path.is_dir() else [path])
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise ImageError(f"{path}: folder holds no images; expected image files (.jpg, .png, .webp, .bmp, …)")
+            expanded.extend(found)
+        else:
+            expanded.append(path)
     return expanded

@@ -247,7 +247,10 @@ class CaptionsFileSource(_FileSource):
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict]]:
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {e.start}): expected a UTF-8 captions file") from None
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         return [(n + 2, dict(row)) for n, row in enumerate(reader)]

@@ -22,20 +22,45 @@ _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _CHOICE = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
 
+MAX_PATTERN_PATHS = 1_000_000
+
+
+def pattern_count(pattern: str) -> int:
+    """How many paths a brace pattern names, counted without expanding it."""
+    count = 1
+    for match in _RANGE.finditer(pattern):
+        if max(len(match.group(1)), len(match.group(2))) > 18:  # beyond any real shard count (and int() limits)
+            return MAX_PATTERN_PATHS + 1
+        count *= max(int(match.group(2)) - int(match.group(1)) + 1, 1)
+    for match in _CHOICE.finditer(_RANGE.sub("", pattern)):
+        count *= len(match.group(1).split(","))
+    return count
+
+
 def expand_pattern(pattern: str) -> list[str]:
     """Brace-expand a shard pattern, leftmost group first as a shell does: `s/{00000..00099}.tar`, `{a,b}.tar`."""
+    if pattern_count(pattern) > MAX_PATTERN_PATHS:
+        shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+        raise DatasetError(
+            f"shard pattern {shown!r} names more than {MAX_PATTERN_PATHS:,} files: expected at most that many "
+            "(check the braces)"
+        )
+    return _expand(pattern)
+
+
+def _expand(pattern: str) -> list[str]:
     found = [m for m in (_RANGE.search(pattern), _CHOICE.search(pattern)) if m]
     if not found:
         return [pattern]
     match = min(found, key=lambda m: m.start())
     head, tail = pattern[: match.start()], pattern[match.end() :]
     if match.re is _CHOICE:
-        return [p for choice in match.group(1).split(",") for p in expand_pattern(head + choice + tail)]
+        return [p for choice in match.group(1).split(",") for p in _expand(head + choice + tail)]
     first, last = match.group(1), match.group(2)
     if int(last) < int(first):
         raise DatasetError(f"shard pattern {pattern!r}: range {{{first}..{last}}} runs backwards")
     width = len(first) if first.startswith("0") else 0
-    return [p for n in range(int(first), int(last) + 1) for p in expand_pattern(f"{head}{n:0{width}d}{tail}")]
+    return [p for n in range(int(first), int(last) + 1) for p in _expand(f"{head}{n:0{width}d}{tail}")]
 
 
 def shard_paths(spec: str | Path) -> list[Path]:

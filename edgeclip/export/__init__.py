@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip._version import __version__
-from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
+from edgeclip.errors import BundleError, ExportError, RuntimeUnavailable, UsageError
 from edgeclip.export.options import Encoders, ExportOptions
 from edgeclip.export.target_options import TargetOptions
 from edgeclip.export.targets import get_target, list_targets
@@ -39,13 +39,61 @@ class ExportResult:
 
 
 def _check_output(output: Path, force: bool) -> None:
-    if output.exists() or output.is_symlink():
-        if not force:
-            raise UsageError(f"output {output} exists: pass --force to overwrite it")
-        is_bundle = output.is_dir() and (output / MANIFEST_NAME).is_file()
-        is_empty_dir = output.is_dir() and not any(output.iterdir())
-        if not (is_bundle or is_empty_dir):
-            raise UsageError(f"output {output} exists and is not a bundle: refusing to overwrite it, even with --force")
+    """Refuse an existing output unless --force, and even then unless it is provably an edgeclip bundle (or empty)."""
+    if not (output.exists() or output.is_symlink()):
+        return
+    if not force:
+        raise UsageError(f"output {output} exists: pass --force to overwrite it")
+    problem = _not_a_bundle(output)
+    if problem:
+        raise UsageError(f"output {output} is not a bundle: it {problem}; refusing to replace it, even with --force")
+
+
+def _not_a_bundle(output: Path) -> str | None:
+    """Why `output` cannot be proven to be an edgeclip bundle (or an empty folder), or None when it can."""
+    if output.is_symlink():
+        return "is a symlink"
+    if not output.is_dir():
+        return "is a file"
+    entries = sorted(p.name for p in output.iterdir())
+    if not entries:
+        return None
+    if MANIFEST_NAME not in entries:
+        return f"holds {_some(entries)} but no {MANIFEST_NAME}"
+    try:
+        manifest = BundleManifest.from_json((output / MANIFEST_NAME).read_text(encoding="utf-8"), MANIFEST_NAME)
+    except (BundleError, OSError, UnicodeDecodeError, ValueError) as e:
+        return f"has a {MANIFEST_NAME} that is not an edgeclip manifest ({e})"
+    named = {
+        MANIFEST_NAME,
+        *(f.split("/")[0] for f in manifest.files()),
+        *(f.split("/")[0] for f in manifest.checksums),
+    }
+    named.add("heads")
+    other = [name for name in entries if name not in named]
+    heads = output / "heads"
+    if heads.is_symlink() or heads.is_file():
+        other.append("heads (not a folder)")
+    elif heads.is_dir():
+        other += [f"heads/{p.name}" for p in sorted(heads.iterdir()) if p.suffix != ".npz" or not p.is_file()]
+    if other:
+        return f"also holds {_some(other)}, which no edgeclip bundle has"
+    return None
+
+
+def _some(names: list[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _file_checksums(staging: Path, encoder_specs: dict[str, EncoderSpec]) -> dict[str, str]:
+    """sha256 of every file (or package folder) written into the bundle except the manifest itself."""
+    known = {spec.file: spec.sha256 for spec in encoder_specs.values()}
+    return {
+        item.name: known.get(item.name) or sha256_path(item)
+        for item in sorted(staging.iterdir())
+        if item.name != MANIFEST_NAME
+    }
 
 
 def _make_staging_dir(output: Path) -> Path:
@@ -63,12 +111,20 @@ def _make_staging_dir(output: Path) -> Path:
 def _publish(staging: Path, output: Path) -> None:
     """Move the finished bundle into place; an old bundle is only removed once the new one is there."""
     old = None
-    if output.exists():
+    if output.exists() or output.is_symlink():
         old = output.parent / f".{output.name}.old-{time.time_ns()}"
         output.rename(old)
-    staging.rename(output)
+    try:
+        staging.rename(output)
+    except BaseException:
+        if old is not None and not output.exists():
+            old.rename(output)  # put the previous bundle back
+        raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _reparameterized_copy(model):
@@ -246,6 +302,7 @@ def export_bundle(
                 "exported_with": _software_versions(),
                 **({"parity_skipped": parity_skipped} if parity_skipped else {}),
             },
+            checksums=_file_checksums(staging, encoder_specs),
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _publish(staging, output)

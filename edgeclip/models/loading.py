@@ -134,7 +134,14 @@ def _fit_to_model(model: ClipModel, state_dict: dict[str, torch.Tensor]) -> dict
 
 def load_weights(model: ClipModel, path: Path, architecture: str) -> None:
     """Load a local checkpoint into `model`, refusing one that does not fit the architecture."""
-    state_dict = _fit_to_model(model, read_state_dict(path))
+    try:
+        state_dict = _fit_to_model(model, read_state_dict(path))
+    except (AssertionError, RuntimeError, ValueError, IndexError) as e:  # open_clip's resizers assert on widths
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ModelError(
+            f"checkpoint {path} does not match {architecture}: a positional embedding has a shape the architecture "
+            f"cannot take ({detail})"
+        ) from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

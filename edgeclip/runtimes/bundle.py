@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -12,32 +17,14 @@ import numpy as np
 from edgeclip.data.images import ImageLike
 from edgeclip.errors import BundleError
 from edgeclip.runtimes.backends import Backend, RuntimeOptions, backend_for_target
+from edgeclip.runtimes.checksums import DIGESTS, sha256_file, sha256_path, umask_mode
 from edgeclip.runtimes.heads import HEADS_DIR, Head, check_head_name
-from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest
+from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec
 from edgeclip.runtimes.preprocess import preprocess
 from edgeclip.runtimes.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from tqdm import tqdm
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a package folder (e.g. .mlpackage) over its sorted relative paths and contents."""
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(item.relative_to(path).as_posix().encode() + b"\0" + sha256_file(item).encode())
-    return digest.hexdigest()
 
 
 def size_path(path: Path) -> int:
@@ -58,16 +45,58 @@ def _progress(total: int, enabled: bool, desc: str) -> tqdm[Any]:
     return tqdm(total=total, disable=not enabled, desc=desc, unit="item", leave=False)
 
 
-class Bundle:
-    """A loaded bundle: its manifest, tokenizer and lazily created encoder sessions."""
+@contextlib.contextmanager
+def _bundle_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on the bundle folder while its manifest is read, changed and rewritten."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: heads are rarely written concurrently there
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
-    def __init__(self, path: Path, manifest: BundleManifest, options: RuntimeOptions, backend: str | None) -> None:
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary file beside `path` and rename it into place, with the mode the umask gives."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Bundle:
+    """A loaded bundle: its manifest, tokenizer and lazily created encoder sessions.
+
+    With `verify` (the default of `load_bundle`), every file is checked against the manifest's sha256 as it is
+    first read: encoders when their session is created, the tokenizer on first use, a head when loaded.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: BundleManifest,
+        options: RuntimeOptions,
+        backend: str | None,
+        verify: bool = True,
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.options = options
+        self.verify_on_load = verify
         self.backend_info = backend_for_target(manifest.target, backend)
         self._encoders: dict[str, Backend] = {}
         self._tokenizer: Tokenizer | None = None
+        self._warned_unchecked = False
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -86,30 +115,106 @@ class Bundle:
         return self.manifest.logit_scale
 
     def file(self, relative: str) -> Path:
-        """Absolute path of a bundle file, refusing anything that resolves outside the bundle."""
+        """Absolute path of a bundle file, refusing anything that resolves outside the bundle (symlinks included)."""
         root = self.path.resolve()
-        resolved = (root / relative).resolve()
-        if not resolved.is_relative_to(root):
-            raise BundleError(f"{self.path}: {relative!r} resolves outside the bundle")
+        try:
+            resolved = (root / relative).resolve()
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{self.path}: {relative!r} cannot be resolved ({e})") from None
+        if not resolved.is_relative_to(root) or resolved == root:
+            raise BundleError(f"{self.path}: {relative!r} resolves outside the bundle: expected a file inside it")
         return resolved
+
+    def _checked(self, relative: str) -> Path:
+        """The path of a bundle file about to be read, after checking its sha256 when verifying on load."""
+        path = self.file(relative)
+        if not self.verify_on_load:
+            return path
+        expected = self.manifest.expected_sha256(relative)
+        if relative.startswith(f"{HEADS_DIR}/"):
+            expected = self._current_head_checksum(relative, expected)
+        if expected is None:
+            if self.manifest.covers_every_file:
+                raise BundleError(
+                    f"{self.path / relative} is not covered by the manifest's checksums: expected only files the "
+                    "manifest names (add heads with `edgeclip heads add`; --no-verify skips the check)"
+                )
+            if not self._warned_unchecked:
+                self._warned_unchecked = True
+                warnings.warn(
+                    f"{self.path} was written before edgeclip recorded checksums for every file (format "
+                    f"{self.manifest.format_version}): only its encoders are verified; re-export it",
+                    stacklevel=3,
+                )
+            return path
+        if not path.exists():
+            raise BundleError(f"bundle {self.path} is missing {relative} (named in its manifest)")
+        actual = DIGESTS.digest(path)
+        if actual != expected:
+            raise BundleError(
+                f"{self.path / relative}: sha256 {actual[:12]}… differs from the manifest's {expected[:12]}… "
+                f"({self._what(relative)} changed or corrupt; --no-verify skips the check)"
+            )
+        return path
+
+    def _current_head_checksum(self, relative: str, known: str | None) -> str | None:
+        """A head's sha256 as manifest.json records it now: heads may be added or replaced after this Bundle loaded."""
+        manifest_path = self.path / MANIFEST_NAME
+        try:
+            current = BundleManifest.from_json(manifest_path.read_text(encoding="utf-8"), str(manifest_path))
+        except (OSError, UnicodeDecodeError, BundleError):
+            return known
+        if current.model_id != self.model_id:
+            return known  # the bundle was re-exported under us: its new heads are not this model's
+        self.manifest = dataclasses.replace(
+            self.manifest,
+            checksums={
+                **self.manifest.checksums,
+                **{k: v for k, v in current.checksums.items() if k.startswith(f"{HEADS_DIR}/")},
+            },
+        )
+        return current.checksums.get(relative)
+
+    def _what(self, relative: str) -> str:
+        roles = [role for role, enc in self.manifest.encoders.items() if enc.file == relative]
+        if roles:
+            return f"{roles[0]} encoder"
+        return "tokenizer" if relative == self.manifest.tokenizer.file else "file"
 
     def encoder(self, role: str) -> Backend:
         """The runtime session of the 'image' or 'text' encoder, created on first use."""
         if role not in self._encoders:
             spec = self.manifest.encoders[role]
-            self._encoders[role] = self.backend_info.factory(self.file(spec.file), spec, self.options)
+            session = self.backend_info.factory(self._checked(spec.file), spec, self.options)
+            _check_session_inputs(self.path / spec.file, role, spec, session, self.embed_dim)
+            self._encoders[role] = session
         return self._encoders[role]
 
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             spec = self.manifest.tokenizer
-            self._tokenizer = Tokenizer.from_file(self.file(spec.file), spec)
+            self._tokenizer = Tokenizer.from_file(self._checked(spec.file), spec)
         return self._tokenizer
 
     def _run(self, role: str, batch: np.ndarray) -> np.ndarray:
-        name = self.manifest.encoders[role].inputs[0].name
-        return np.asarray(self.encoder(role).run({name: batch})[0], dtype=np.float32)
+        spec = self.manifest.encoders[role]
+        name = spec.inputs[0].name
+        encoder = self.encoder(role)
+        try:
+            out = np.asarray(encoder.run({name: batch})[0], dtype=np.float32)
+        except Exception as e:  # each runtime raises its own types for an input the model does not take
+            detail = " ".join(str(e).split())[:300] or type(e).__name__
+            raise BundleError(
+                f"{self.path / spec.file}: the {role} encoder refused an input of shape {list(batch.shape)} "
+                f"built from the manifest ({detail}): expected the manifest to describe this encoder"
+            ) from None
+        if out.ndim != 2 or out.shape != (batch.shape[0], self.embed_dim):
+            raise BundleError(
+                f"{self.path / spec.file}: the {role} encoder returned shape {list(out.shape)}: expected "
+                f"[{batch.shape[0]}, {self.embed_dim}] (the manifest's embed_dim)"
+            )
+        return out
 
     def encode_image(
         self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = 32, progress: bool = False
@@ -134,43 +239,83 @@ class Bundle:
                 bar.update(s.stop - s.start)
         return out
 
+    def _heads_folder(self) -> Path:
+        """The heads/ folder, refused when it is a symlink or resolves outside the bundle."""
+        folder = self.path / HEADS_DIR
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise BundleError(
+                f"{folder} is a symlink or not a folder: expected a plain heads/ folder inside the bundle"
+            )
+        self.file(HEADS_DIR)
+        return folder
+
     def head_path(self, name: str) -> Path:
-        return self.path / HEADS_DIR / f"{check_head_name(name)}.npz"
+        return self._heads_folder() / f"{check_head_name(name)}.npz"
 
     def head_names(self) -> list[str]:
         """Names of the heads stored in this bundle."""
-        folder = self.path / HEADS_DIR
+        folder = self._heads_folder()
         return sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
 
     def load_head(self, name: str) -> Head:
-        """A stored head, refused if it was built for another model's weights."""
+        """A stored head, refused if it was built for another model's weights or another embedding size."""
         path = self.head_path(name)
         if not path.is_file():
             known = ", ".join(self.head_names()) or "none"
             raise BundleError(f"{self.path} has no head {name!r} (heads: {known})")
-        head = Head.load(path)
+        head = Head.load(self._checked(f"{HEADS_DIR}/{path.name}"))
         if head.model_id != self.model_id:
             raise BundleError(
                 f"head {name!r} was built for model {head.model_id}, not this bundle's {self.model_id}: "
                 "rebuild it with `edgeclip heads add`"
             )
+        if head.embeddings.shape[1] != self.embed_dim:
+            raise BundleError(
+                f"head file {path} holds {head.embeddings.shape[1]}-dim embeddings: expected {self.embed_dim} "
+                "(this bundle's embed_dim); rebuild it with `edgeclip heads add`"
+            )
         return head
 
+    def _record_checksum(self, relative: str, sha256: str | None) -> None:
+        """Add (or with None drop) a file's sha256 in manifest.json, rewritten atomically; call under the lock.
+
+        The JSON is edited as read, so fields a newer minor version added are kept.
+        """
+        manifest_path = self.path / MANIFEST_NAME
+        text = manifest_path.read_text(encoding="utf-8")
+        current = BundleManifest.from_json(text, str(manifest_path))  # refuses a manifest it cannot read
+        data = json.loads(text)
+        checksums = dict(current.checksums)
+        if sha256 is None:
+            checksums.pop(relative, None)
+        else:
+            checksums[relative] = sha256
+        data["checksums"] = dict(sorted(checksums.items()))
+        write_file_atomically(manifest_path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+        self.manifest = dataclasses.replace(current, checksums=checksums)
+
     def save_head(self, head: Head, *, force: bool = False) -> Path:
-        """Store a head in the bundle's heads/ folder; an existing head of that name needs force."""
+        """Store a head in heads/ and record its sha256 in the manifest; an existing head of that name needs force."""
         path = self.head_path(head.name)
-        if path.exists() and not force:
-            raise BundleError(f"{path} exists: pass --force to replace it")
         if head.model_id != self.model_id:
             raise BundleError(f"head {head.name!r} belongs to {head.model_id}, not {self.model_id}")
-        return head.save(path)
+        with _bundle_lock(self.path):
+            if path.exists() and not force:
+                raise BundleError(f"{path} exists: pass --force to replace it")
+            if path.is_symlink():
+                path.unlink()  # replace the link itself, never the file it points to
+            head.save(path)
+            self._record_checksum(f"{HEADS_DIR}/{path.name}", sha256_file(path))
+        return path
 
     def remove_head(self, name: str) -> Path:
-        """Delete a stored head."""
+        """Delete a stored head (a symlink is removed, never what it points to) and drop its sha256."""
         path = self.head_path(name)
-        if not path.is_file():
+        if not (path.is_file() or path.is_symlink()):
             raise BundleError(f"{self.path} has no head {name!r} (heads: {', '.join(self.head_names()) or 'none'})")
-        path.unlink()
+        with _bundle_lock(self.path):
+            path.unlink()
+            self._record_checksum(f"{HEADS_DIR}/{path.name}", None)
         return path
 
     def summary(self) -> dict:
@@ -179,14 +324,57 @@ class Bundle:
         return {"path": str(self.path), **self.manifest.to_dict(), "files": files, "heads": self.head_names()}
 
     def verify(self) -> None:
-        """Check every file the manifest names against its recorded sha256."""
-        for role, spec in self.manifest.encoders.items():
-            actual = sha256_path(self.file(spec.file))
-            if actual != spec.sha256:
+        """Check every file against the manifest's sha256, and (format 1.1 on) that the bundle holds no other file."""
+        named = {enc.file for enc in self.manifest.encoders.values()} | set(self.manifest.checksums)
+        for relative in sorted(named):
+            path = self.file(relative)
+            if not path.exists():
+                raise BundleError(f"bundle {self.path} is missing {relative} (named in its manifest)")
+            actual = sha256_path(path)
+            expected = self.manifest.expected_sha256(relative)
+            if actual != expected:
                 raise BundleError(
-                    f"{self.path / spec.file}: sha256 {actual[:12]}… differs from the manifest's "
-                    f"{spec.sha256[:12]}… ({role} encoder changed or corrupt)"
+                    f"{self.path / relative}: sha256 {actual[:12]}… differs from the manifest's "
+                    f"{(expected or '')[:12]}… ({self._what(relative)} changed or corrupt)"
                 )
+        if not self.manifest.covers_every_file:
+            return
+        root = self.path.resolve()
+        for item in sorted(root.rglob("*")):
+            relative = item.relative_to(root).as_posix()
+            covered = relative == MANIFEST_NAME or any(relative == n or relative.startswith(n + "/") for n in named)
+            if item.is_symlink() or (item.is_file() and not covered):
+                raise BundleError(
+                    f"{self.path / relative} is not covered by the manifest's checksums: expected only the files "
+                    "the manifest names"
+                )
+
+
+def _check_session_inputs(path: Path, role: str, spec: EncoderSpec, session: Backend, embed_dim: int) -> None:
+    """Where the runtime says what its model takes (ONNX Runtime does), the manifest must name the same inputs."""
+    meta = getattr(session, "session", None)
+    get_inputs = getattr(meta, "get_inputs", None)
+    if get_inputs is None:
+        return
+    actual = [(i.name, list(i.shape)) for i in get_inputs()]
+    expected = [(t.name, list(t.shape)) for t in spec.inputs]
+    if [a[0] for a in actual] != [e[0] for e in expected]:
+        raise BundleError(
+            f"{path}: the {role} encoder takes inputs {[a[0] for a in actual]}: expected {[e[0] for e in expected]} "
+            "as the manifest says (encoder replaced or manifest edited)"
+        )
+    outputs = meta.get_outputs() if meta is not None and hasattr(meta, "get_outputs") else []
+    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if isinstance(width, int) and width != embed_dim:
+        raise BundleError(
+            f"{path}: the {role} encoder returns {width}-dim embeddings: expected {embed_dim}, the manifest's embed_dim"
+        )
+    for (name, shape), (_, want) in zip(actual, expected, strict=True):
+        fixed = [(a, w) for a, w in zip(shape, want, strict=False) if isinstance(a, int) and isinstance(w, int)]
+        if len(shape) != len(want) or any(a != w for a, w in fixed):
+            raise BundleError(
+                f"{path}: the {role} encoder's input {name!r} has shape {shape}: expected {want} as the manifest says"
+            )
 
 
 def load_bundle(
@@ -195,9 +383,13 @@ def load_bundle(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     backend: str | None = None,
-    verify: bool = False,
+    verify: bool = True,
 ) -> Bundle:
-    """Open a bundle folder: read and validate its manifest and check that every file it names is inside."""
+    """Open a bundle folder: read and validate its manifest and check that every file it names is inside.
+
+    `verify` (default) checks each file's sha256 against the manifest as it is first read; pass False only for
+    a bundle already verified (e.g. with `edgeclip info`).
+    """
     root = Path(path)
     if not root.exists():
         raise BundleError(f"bundle {root} does not exist")
@@ -212,11 +404,12 @@ def load_bundle(
         raise BundleError(f"{manifest_path} could not be read ({e})") from None
     manifest = BundleManifest.from_json(text, str(manifest_path))
     options = RuntimeOptions(tuple(providers) if providers else None, threads)
-    bundle = Bundle(root, manifest, options, backend)
+    bundle = Bundle(root, manifest, options, backend, verify)
     for relative in manifest.files():
         file = bundle.file(relative)
         if not file.exists():
             raise BundleError(f"bundle {root} is missing {relative} (named in its manifest)")
-    if verify:
-        bundle.verify()
     return bundle
+
+
+__all__ = ["Bundle", "load_bundle", "sha256_file", "sha256_path", "size_path", "write_file_atomically"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeclip.errors import BundleError, UsageError
+from edgeclip.runtimes.checksums import umask_mode
 
 if TYPE_CHECKING:
     from edgeclip.runtimes.bundle import Bundle
@@ -33,8 +33,13 @@ def check_head_name(name: str) -> str:
     return name
 
 
-def check_labels(labels: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     """Labels must be non-empty, non-blank and unique: their order is the class order."""
+    if isinstance(labels, str):
+        raise UsageError(f"labels is the string {labels!r}: expected a list of labels, e.g. ['cat', 'dog']")
+    if not all(isinstance(label, str) for label in labels):
+        bad = next(label for label in labels if not isinstance(label, str))
+        raise UsageError(f"label {bad!r} is a {type(bad).__name__}: expected strings")
     cleaned = tuple(label.strip() for label in labels)
     if not cleaned:
         raise UsageError("the label list is empty: expected at least one label, e.g. --labels cat,dog")
@@ -150,6 +155,7 @@ class Head:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+            os.chmod(tmp, umask_mode())  # mkstemp makes 0600; a head is shared like any other bundle file
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -160,7 +166,7 @@ class Head:
     def load(cls, path: Path) -> Head:
         """Read a head written by `save`; never unpickles."""
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with _open_npz(path) as data:
                 version = int(data["format_version"])
                 if version > HEAD_FORMAT_VERSION:
                     raise BundleError(f"head {path} has format version {version}: upgrade edgeclip to read it")
@@ -188,12 +194,23 @@ class Head:
                 )
         except FileNotFoundError:
             raise BundleError(f"head file {path} does not exist") from None
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-            raise BundleError(f"head file {path} is not a valid edgeclip head ({e})") from None
+        except BundleError:
+            raise
+        except Exception as e:  # numpy and zipfile raise many types for a damaged or foreign file
+            detail = " ".join(str(e).split())[:200] or type(e).__name__
+            raise BundleError(f"head file {path} is not a valid edgeclip head ({detail})") from None
         try:
             return cls(**fields)
         except UsageError as e:  # a bad file is the bundle's fault, not the caller's
             raise BundleError(f"head file {path} is inconsistent ({e})") from None
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """An .npz archive, refusing a plain .npy array (np.load returns one for such a file)."""
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("a single array, not an .npz archive of named arrays")
+    return data
 
 
 def build_prompt_head(

@@ -149,8 +149,12 @@ def load_species_file(path: Path) -> tuple[Species, ...]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text: expected a JSON file of species") from None
     except json.JSONDecodeError as e:
         raise UsageError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{path} is nested too deeply: expected a JSON object of species") from None
     return species_from_mapping(data, str(path))
 
 

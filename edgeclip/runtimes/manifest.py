@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -13,17 +14,35 @@ from edgeclip.runtimes.tokenizer import TokenizerSpec
 
 MANIFEST_NAME = "manifest.json"
 # Major bumps break readers; minor bumps only add optional fields.
-FORMAT_VERSION = "1.0"
+# 1.1 adds `checksums`, a sha256 for every file in the bundle (tokenizer and heads included).
+FORMAT_VERSION = "1.1"
 ENCODER_ROLES = ("image", "text")
+MAX_EMBED_DIM = 1 << 16  # far above any CLIP model's; a larger value is a broken or hostile manifest
 
 
 def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise BundleError(f"manifest {where or 'root'} is {str(data)[:80]!r}: expected a JSON object")
     if key not in data:
         raise BundleError(f"manifest {where} lacks the field {key!r}")
     value = data[key]
     if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
         names = "/".join(k.__name__ for k in _as_tuple(kind))
         raise BundleError(f"manifest {where}.{key} is {value!r}: expected {names}")
+    return value
+
+
+def _object(data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise BundleError(f"manifest {where} is {str(data)[:80]!r}: expected a JSON object")
+
+
+def _optional(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise BundleError(
+            f"manifest {where + '.' if where else ''}{key} is {str(value)[:80]!r}: expected {kind.__name__}"
+        )
     return value
 
 
@@ -34,7 +53,8 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 def check_relative_path(path: str, where: str) -> str:
     """Reject manifest paths that are absolute or climb out of the bundle folder."""
     pure = PurePosixPath(path)
-    if not path or pure.is_absolute() or "\\" in path or ".." in pure.parts or ":" in pure.parts[0]:
+    bad = not path or "\0" in path or not pure.parts or pure.parts == (".",)
+    if bad or pure.is_absolute() or "\\" in path or ".." in pure.parts or ":" in pure.parts[0]:
         raise BundleError(f"manifest {where} path {path!r} escapes the bundle: expected a relative path inside it")
     return path
 
@@ -109,6 +129,7 @@ class EncoderSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> EncoderSpec:
+        _object(data, where)
         parity = data.get("parity")
         return cls(
             file=check_relative_path(_require(data, "file", str, where), f"{where}.file"),
@@ -146,10 +167,11 @@ class SourceModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> SourceModel:
+        _object(data, where)
         return cls(
             architecture=_require(data, "architecture", str, where),
-            pretrained=data.get("pretrained"),
-            checkpoint_sha256=data.get("checkpoint_sha256"),
+            pretrained=_optional(data, "pretrained", str, where),
+            checkpoint_sha256=_optional(data, "checkpoint_sha256", str, where),
             weights_sha256=_require(data, "weights_sha256", str, where),
             random_init=_require(data, "random_init", bool, where),
         )
@@ -178,6 +200,7 @@ class BundleManifest:
     preprocess_source: str = ""
     calibration: dict[str, Any] | None = None
     target_info: dict[str, Any] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
 
     @property
     def model_id(self) -> str:
@@ -186,6 +209,19 @@ class BundleManifest:
     def files(self) -> list[str]:
         """Relative paths of every file the manifest names."""
         return [enc.file for enc in self.encoders.values()] + [self.tokenizer.file]
+
+    @property
+    def covers_every_file(self) -> bool:
+        """Whether `checksums` names every file of the bundle (format 1.1 on); a 1.0 bundle covers its encoders only."""
+        major, _, minor = self.format_version.partition(".")
+        return (int(major), int(minor.split(".")[0] or 0)) >= (1, 1)
+
+    def expected_sha256(self, relative: str) -> str | None:
+        """The recorded sha256 of a bundle file, or None when the manifest records none."""
+        for enc in self.encoders.values():
+            if enc.file == relative:
+                return enc.sha256
+        return self.checksums.get(relative)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -204,6 +240,7 @@ class BundleManifest:
             "tokenizer": self.tokenizer.to_dict(),
             "calibration": self.calibration,
             "target_info": self.target_info,
+            "checksums": dict(sorted(self.checksums.items())),
         }
 
     def to_json(self) -> str:
@@ -214,8 +251,8 @@ class BundleManifest:
         if not isinstance(data, dict):
             raise BundleError("manifest is not a JSON object")
         version = _require(data, "format_version", str, "")
-        major = version.split(".")[0]
-        if not major.isdigit():
+        major, _, minor = version.partition(".")
+        if not major.isdigit() or (minor and not minor.split(".")[0].isdigit()):
             raise BundleError(f"manifest format_version {version!r} is not of the form MAJOR.MINOR")
         if int(major) > int(FORMAT_VERSION.split(".")[0]):
             raise BundleError(
@@ -230,21 +267,35 @@ class BundleManifest:
             encoders[role] = EncoderSpec.from_dict(encoders_data[role], f"encoders.{role}")
         tokenizer = TokenizerSpec.from_dict(_require(data, "tokenizer", dict, ""))
         check_relative_path(tokenizer.file, "tokenizer.file")
+        embed_dim = _require(data, "embed_dim", int, "")
+        if not 1 <= embed_dim <= MAX_EMBED_DIM:
+            raise BundleError(f"manifest embed_dim is {embed_dim}: expected a positive int up to {MAX_EMBED_DIM}")
+        logit_scale = float(_require(data, "logit_scale", (int, float), ""))
+        if not math.isfinite(logit_scale) or logit_scale <= 0:
+            raise BundleError(f"manifest logit_scale is {logit_scale}: expected a finite positive number")
+        checksums = data.get("checksums") or {}
+        if not isinstance(checksums, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in checksums.items()
+        ):
+            raise BundleError("manifest checksums is malformed: expected an object of file path -> sha256 hex")
+        for relative in checksums:
+            check_relative_path(relative, "checksums")
         return cls(
             source=SourceModel.from_dict(_require(data, "source", dict, ""), "source"),
             target=_require(data, "target", str, ""),
             precision=_require(data, "precision", str, ""),
-            embed_dim=_require(data, "embed_dim", int, ""),
-            logit_scale=float(_require(data, "logit_scale", (int, float), "")),
+            embed_dim=embed_dim,
+            logit_scale=logit_scale,
             encoders=encoders,
             preprocess=PreprocessSpec.from_dict(_require(data, "preprocess", dict, "")),
             tokenizer=tokenizer,
             edgeclip_version=_require(data, "edgeclip_version", str, ""),
             created=_require(data, "created", str, ""),
             format_version=version,
-            preprocess_source=data.get("preprocess_source") or "",
-            calibration=data.get("calibration"),
-            target_info=data.get("target_info") or {},
+            preprocess_source=_optional(data, "preprocess_source", str, "") or "",
+            calibration=_optional(data, "calibration", dict, ""),
+            target_info=_optional(data, "target_info", dict, "") or {},
+            checksums=dict(checksums),
         )
 
     @classmethod
@@ -253,6 +304,10 @@ class BundleManifest:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise BundleError(f"{where} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        except RecursionError:
+            raise BundleError(f"{where} is nested too deeply to be a manifest: expected a JSON object") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{where} holds a JSON {type(data).__name__}: expected an object")
         return cls.from_dict(data)
 
 

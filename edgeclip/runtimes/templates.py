@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 
 # CLIP (Radford et al., 2021), as open_clip ships them; "{}" is replaced by the label.
@@ -118,6 +119,25 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     if not resolved:
         raise UsageError("the template list is empty: expected at least one template containing '{}'")
     for template in resolved:
-        if not isinstance(template, str) or template.count("{}") != 1:
-            raise UsageError(f"template {template!r} must contain exactly one '{{}}' for the label")
+        problem = template_problem(template)
+        if problem:
+            raise UsageError(f"template {template!r} {problem}: expected exactly one '{{}}' for the label")
     return resolved
+
+
+def template_problem(template: object) -> str | None:
+    """Why a template cannot take a label through `str.format`, or None (literal braces are written {{ and }})."""
+    if not isinstance(template, str):
+        return f"is a {type(template).__name__}, not a string"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        return f"has unbalanced braces ({e})"
+    named = [name for name, _, _ in fields if name]
+    if named:
+        return f"has the field {{{named[0]}}}"
+    if any(spec or conv for _, spec, conv in fields):
+        return "has a format spec or conversion in its field"
+    if len(fields) != 1:
+        return f"has {len(fields)} '{{}}' fields"
+    return None

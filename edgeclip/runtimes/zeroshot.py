@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from PIL import Image
 
 from edgeclip.data.images import ImageLike, load_image
 from edgeclip.errors import ImageError, UsageError
@@ -48,7 +49,7 @@ def build_zero_shot_head(
     progress: bool = False,
 ) -> Head:
     """Embed every template x label, normalize each, average per label and normalize again (CLIP's ensembling)."""
-    labels = check_labels(list(labels))
+    labels = check_labels(labels if isinstance(labels, str) else list(labels))
     resolved = resolve_templates(templates)
     prompts = [t.format(label) for label in labels for t in resolved]
     emb = bundle.encode_text(prompts, progress=progress).reshape(len(labels), len(resolved), -1)
@@ -97,6 +98,10 @@ class ZeroShotClassifier:
     ) -> None:
         if (labels is None) == (head is None):
             raise UsageError("give either labels or a head, not both or neither")
+        if isinstance(labels, str):
+            raise UsageError(
+                f"labels is the string {labels!r}: expected a list of labels, e.g. [{labels!r}] or ['cat', 'dog']"
+            )
         self.bundle = bundle
         if isinstance(head, str):
             head = bundle.load_head(head)
@@ -127,6 +132,34 @@ class ZeroShotClassifier:
         """Ranked (label, probability) pairs for one image."""
         return list(self._rank(self.probabilities([image])[0], top_k))
 
+    def iter_predictions(
+        self,
+        images: Sequence[ImageLike],
+        top_k: int | None = 5,
+        *,
+        skip_bad: bool = False,
+        batch_size: int = 32,
+    ) -> Iterator[Prediction]:
+        """Predictions yielded batch by batch as each finishes, so memory stays flat in the number of images."""
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            decoded: dict[int, Image.Image | ImageError] = {}
+            for i, image in enumerate(chunk):
+                try:
+                    decoded[i] = load_image(image)
+                except ImageError as e:
+                    if not skip_bad:
+                        raise
+                    decoded[i] = e
+            good = {i: d for i, d in decoded.items() if not isinstance(d, ImageError)}
+            probs = self.probabilities(list(good.values()), batch_size=batch_size) if good else None
+            rows = {i: row for row, i in enumerate(good)}
+            for i, image in enumerate(chunk):
+                if probs is not None and i in rows:
+                    yield Prediction(_describe(image), self._rank(probs[rows[i]], top_k))
+                else:
+                    yield Prediction(_describe(image), (), str(decoded[i]))
+
     def predict_many(
         self,
         images: Sequence[ImageLike],
@@ -141,23 +174,7 @@ class ZeroShotClassifier:
 
         predictions: list[Prediction] = []
         with tqdm(total=len(images), disable=not progress, desc="classify", unit="img", leave=False) as bar:
-            for start in range(0, len(images), batch_size):
-                chunk = images[start : start + batch_size]
-                decoded: dict[int, Image.Image | ImageError] = {}
-                for i, image in enumerate(chunk):
-                    try:
-                        decoded[i] = load_image(image)
-                    except ImageError as e:
-                        if not skip_bad:
-                            raise
-                        decoded[i] = e
-                good = {i: d for i, d in decoded.items() if not isinstance(d, ImageError)}
-                probs = self.probabilities(list(good.values())) if good else None
-                rows = {i: row for row, i in enumerate(good)}
-                for i, image in enumerate(chunk):
-                    if probs is not None and i in rows:
-                        predictions.append(Prediction(_describe(image), self._rank(probs[rows[i]], top_k)))
-                    else:
-                        predictions.append(Prediction(_describe(image), (), str(decoded[i])))
-                bar.update(len(chunk))
+            for prediction in self.iter_predictions(images, top_k, skip_bad=skip_bad, batch_size=batch_size):
+                predictions.append(prediction)
+                bar.update(1)
         return predictions
