@@ -120,7 +120,7 @@ def parse_targets(items: Sequence[str]) -> list[Candidate]:
             if not name:
                 raise UsageError(f"--targets item {raw!r} is empty: expected TARGET[:PRECISION], {EAGER} or {ALL}")
             spec = get_target(name).spec
-            precision = precision or spec.default_precision
+            precision = precision or spec.default_precision or spec.precisions[0]  # TargetSpec fills the default
             if precision not in spec.precisions:
                 raise UsageError(
                     f"target {name!r} has no precision {precision!r}: expected one of {', '.join(spec.precisions)}"
@@ -152,7 +152,7 @@ def bundle_candidates(paths: Sequence[str | Path]) -> list[Candidate]:
     """A row per given bundle folder, named after the folder and what its manifest says it holds."""
     from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest
 
-    candidates = []
+    candidates: list[Candidate] = []
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
@@ -235,7 +235,9 @@ def run_bench(
         exports = Path(bundle_dir) if bundle_dir is not None else work / "bundles"
         entries, embeddings = [], {}
         for i, cand in enumerate(candidates):
-            entry, source, export_s = None, None, None
+            entry: BenchEntry | None = None
+            source: dict[str, Any] = {}  # what the row's subject opens: set below for every row measured
+            export_s = None
             if cand.kind == "eager":
                 source = {"architecture": model, "pretrained": pretrained, "random_init": random_init}
             elif cand.invalid:
@@ -246,13 +248,13 @@ def run_bench(
                     cand.target,
                     cand.precision,
                     reason=cand.invalid,
-                    model=ModelIdentity(model, None, pretrained, random_init),
+                    model=ModelIdentity(_model_of(cand, model), None, pretrained, random_init),
                 )
             elif cand.export:
                 step(f"exporting {cand.name}")
                 out = exports / f"{model}.{re.sub(r'[^A-Za-z0-9._=-]+', '-', cand.name)}.edgeclip"
                 started = time.perf_counter()
-                entry = _export(model, pretrained, random_init, cand, out)
+                entry = _export(_model_of(cand, model), pretrained, random_init, cand, out)
                 export_s = round(time.perf_counter() - started, 2)
                 source = {"path": str(out)}
             else:
@@ -340,6 +342,13 @@ def _check_settings(
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads}: expected a positive number")
     return sizes
+
+
+def _model_of(cand: Candidate, model: str | None) -> str:
+    """The --model a row exports (rows to export come from --targets, which needs --model)."""
+    if model is None:
+        raise UsageError(f"row {cand.name} exports a model: give --model NAME")
+    return model
 
 
 def _export(model: str, pretrained: str | None, random_init: bool, cand: Candidate, out: Path) -> BenchEntry | None:

@@ -6,7 +6,7 @@ import functools
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,9 @@ from edgeclip.cli import (
     quiet_option,
     show_progress,
 )
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 # --- target options: the flags are generated from each target's options dataclass -------------------------------
 
@@ -235,7 +238,7 @@ class _StepBar:
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled = enabled
         self.total = total
-        self._bar = None
+        self._bar: tqdm[Any] | None = None
 
     def __enter__(self) -> _StepBar:
         if self.enabled:

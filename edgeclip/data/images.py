@@ -20,8 +20,9 @@ import contextvars
 import io
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,6 +30,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edgeclip.errors import ImageError
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+def image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """One image or many as a list: anything but a list or tuple is one image (a str path is a Sequence too)."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [cast(ImageLike, images)]  # not a list or tuple: one image, which mypy cannot tell from a Sequence
+
 
 # Same figure as Pillow's default; here it raises instead of warning. Pillow's own limit still applies.
 MAX_IMAGE_PIXELS = 89_478_485

@@ -91,7 +91,7 @@ class AugmentParams:
         bad = [op for op, _ in ops if not 0 <= op < len(OPS)]
         if bad:
             raise DatasetError(f"augmentation op index {bad[0]} is not one of 0..{len(OPS) - 1}")
-        return cls(crop, ops)  # type: ignore[arg-type]
+        return cls(crop, ops)
 
 
 def params_to_json(params: Sequence[AugmentParams]) -> str:

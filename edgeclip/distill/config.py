@@ -67,6 +67,12 @@ class DistillConfig:
             raise UsageError("--eval-every needs --eval (a labelled split, e.g. shapes:eval:500)")
 
     @property
+    def kd_lambda(self) -> float:
+        """λ, the KD share of the loss, as `__post_init__` settled it."""
+        assert self.lam is not None  # __post_init__ always sets it
+        return self.lam
+
+    @property
     def uses_teachers(self) -> bool:
         """Whether the loss distills from teachers (stored or online), so the data must be reinforced shards."""
         return get_kd_targets(self.loss).uses_teachers

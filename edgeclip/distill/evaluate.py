@@ -14,15 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeclip.distill.sources import open_source
+from edgeclip.data.images import ImageLike, image_list
+from edgeclip.distill.sources import open_shapes
 from edgeclip.errors import DatasetError
 from edgeclip.metrics.zeroshot import zero_shot_top1
+from edgeclip.models.loading import ClipModel
 
 
 class TorchEncoders:
     """A PyTorch model behind the surface ZeroShotClassifier uses (encode_image/encode_text/logit_scale/model_id)."""
 
-    def __init__(self, model: torch.nn.Module, architecture: str, preprocess: Any, device: torch.device) -> None:
+    def __init__(self, model: ClipModel, architecture: str, preprocess: Any, device: torch.device) -> None:
         import open_clip
 
         self.model = model
@@ -37,10 +39,12 @@ class TorchEncoders:
         return float(self.model.logit_scale.detach().exp().item())
 
     @torch.no_grad()
-    def encode_image(self, images: Sequence, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    def encode_image(
+        self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
         from edgeclip.runtimes.preprocess import preprocess
 
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        items = image_list(images)
         out = []
         for start in range(0, len(items), batch_size):
             x = torch.from_numpy(preprocess(items[start : start + batch_size], self.preprocess)).to(self.device)
@@ -62,7 +66,7 @@ class EvalSet:
     """A labelled split for zero-shot top-1: images, their class index, class names and prompt templates."""
 
     name: str
-    images: list
+    images: list[ImageLike]
     targets: np.ndarray
     labels: tuple[str, ...]
     templates: tuple[str, ...]
@@ -78,10 +82,10 @@ def open_eval_set(spec: str, limit: int = 0) -> EvalSet:
 
         parts = spec.split(":")
         spec = ":".join([parts[0], parts[1] if len(parts) > 1 and parts[1] else "eval", *parts[2:]])
-        source = open_source(spec)
+        source = open_shapes(spec)
         n = min(len(source), limit) if limit else len(source)
         items = [source.dataset[i] for i in range(n)]
-        images = [s.image for s in items]
+        images: list[ImageLike] = [s.image for s in items]
         colors = EvalSet("color", images, np.array([s.color_label for s in items]), source.dataset.colors,
                          ("a photo of a {} shape",))  # fmt: skip
         return EvalSet(

@@ -19,7 +19,9 @@ from edgeclip.errors import DatasetError, UsageError
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
+    from edgeclip.distill.augment import AugmentParams
     from edgeclip.distill.batches import TrainItem
     from edgeclip.distill.shards import DatasetManifest
 
@@ -111,10 +113,22 @@ def online_targets(manifest: DatasetManifest | None, interpolation: str) -> Targ
     ensemble = TeacherEnsemble(teachers)
 
     def targets(items: Sequence[TrainItem], captions: list[list[str]], device: torch.device) -> Targets:
-        images = ensemble.encode_images([it.source_image for it in items], [it.params for it in items], interpolation)
+        images = ensemble.encode_images(*_online_inputs(items), interpolation)
         return images.to(device), [ensemble.encode_texts(group).to(device) for group in captions]
 
     return targets
 
 
 __all__ = ["KDTargets", "get_kd_targets", "list_losses", "register_kd_targets"]
+
+
+def _online_inputs(items: Sequence[TrainItem]) -> tuple[list[Image.Image], list[AugmentParams]]:
+    """Each item's source image and augmentation, which teachers run online replay (online batches carry both)."""
+    images: list[Image.Image] = []
+    params: list[AugmentParams] = []
+    for it in items:
+        if it.source_image is None or it.params is None:
+            raise DatasetError(f"training item {it.uid} has no source image and augmentation for the online teachers")
+        images.append(it.source_image)
+        params.append(it.params)
+    return images, params

@@ -22,13 +22,13 @@ import torch
 
 from edgeclip.distill import distributed as ddp
 from edgeclip.distill.augment import to_tensor
-from edgeclip.distill.batches import BatchStream, Cursor, TrainingData
+from edgeclip.distill.batches import BatchStream, Cursor, TrainingData, TrainItem
 from edgeclip.distill.checkpoint import RunFolder
 from edgeclip.distill.config import DistillConfig
 from edgeclip.distill.evaluate import TorchEncoders, evaluate_top1, open_eval_set
 from edgeclip.distill.kd_targets import get_kd_targets
 from edgeclip.distill.losses import distill_loss
-from edgeclip.errors import UsageError
+from edgeclip.errors import DatasetError, UsageError
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def build_student(config: DistillConfig):
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """open_clip's split: no weight decay on gains, biases, norms and the logit scale."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -111,6 +112,16 @@ def _warn_corrupt_shards(data: TrainingData) -> None:
         lost = missing.get(path)
         count = "an unknown number of samples" if lost is None else f"{lost} sample(s)"
         warnings.warn(f"{path}: {why}; {count} missing, its readable samples are used", stacklevel=3)
+
+
+def _syn_captions(items: list[TrainItem]) -> list[str]:
+    """Each item's synthetic caption (batches drawn with `use_syn` carry one)."""
+    captions: list[str] = []
+    for it in items:
+        if it.syn_caption is None:
+            raise DatasetError(f"training item {it.uid} has no synthetic caption, which this run trains on")
+        captions.append(it.syn_caption)
+    return captions
 
 
 def train(config: DistillConfig, on_log: Callable[[dict], None] | None = None) -> DistillResult:
@@ -203,7 +214,7 @@ def _train(config: DistillConfig, world: ddp.World, device: torch.device, on_log
         pixels = to_tensor([it.view for it in items], spec.mean, spec.std).to(device)
         captions = [[it.caption for it in items]]
         if data.use_syn:
-            captions.append([it.syn_caption for it in items])
+            captions.append(_syn_captions(items))
         tokens = tokenizer([c for group in captions for c in group]).to(device)
         t_img, t_txt = targets(items, captions, device)
         out = net(image=pixels, text=tokens)
@@ -214,8 +225,9 @@ def _train(config: DistillConfig, world: ddp.World, device: torch.device, on_log
         texts_g = [ddp.gather_with_grad(t) for t in text_f.split(len(items))]
         if t_img is not None:
             t_img = ddp.gather(t_img)
+        if t_txt is not None:
             t_txt = [ddp.gather(t) for t in t_txt]
-        loss, parts = distill_loss(image_g, texts_g, scale, t_img, t_txt, dims, scales, config.lam)
+        loss, parts = distill_loss(image_g, texts_g, scale, t_img, t_txt, dims, scales, config.kd_lambda)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

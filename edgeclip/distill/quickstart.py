@@ -111,9 +111,9 @@ _PARAPHRASES = (
 def write_paraphrases(train_spec: str, path: Path, count: int) -> Path:
     """Synthetic captions for every shapes item, as the JSONL `edgeclip reinforce --captions-file` reads."""
     from edgeclip.data.shapes import POSITION_PHRASES
-    from edgeclip.distill.sources import open_source
+    from edgeclip.distill.sources import open_shapes
 
-    source = open_source(train_spec)
+    source = open_shapes(train_spec)
     with open(path, "w", encoding="utf-8") as f:
         for i in range(len(source)):
             sample = source.dataset[i]
@@ -260,15 +260,15 @@ def quickstart(
     bundle_color = zero_shot_top1(color_logits, colors.targets)
     samples = output / "samples"
     samples.mkdir(exist_ok=True)
-    from PIL import Image
+    from edgeclip.data.images import load_image
 
     files = []
     for i in range(4):
         path = samples / f"{i}-{eval_set.labels[eval_set.targets[i]]}.png"
-        Image.fromarray(eval_set.images[i]).save(path)
+        load_image(eval_set.images[i]).save(path)  # shapes images: uint8 RGB arrays
         files.append(path)
     predictions = tuple(
-        (p.source, eval_set.labels[eval_set.targets[i]], p.label, p.ranked[0][1])
+        (p.source, eval_set.labels[eval_set.targets[i]], p.ranked[0][0], p.ranked[0][1])
         for i, p in enumerate(classifier.predict_many(files, top_k=1))
     )
     lap("classify")

@@ -222,7 +222,7 @@ class ReinforceResult:
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, allow_pickle=True, **arrays)  # numpy's default, spelled out so no array is read as the flag
     return buf.getvalue()
 
 
@@ -270,11 +270,11 @@ def reinforce(
 
     source = open_source(images, skip_missing=skip_missing)
     ensemble = TeacherEnsemble.load(teachers)
-    synth = None
+    synth: CaptionsFile | CocaCaptioner | None = None
     if synthetic_captions:
         if captions_file:
             synth = CaptionsFile(captions_file)
-        else:
+        elif captioner:  # one of the two, checked above
             synth = CocaCaptioner(*parse_model_ref(captioner, "--captioner"))
     manifest = DatasetManifest(
         teachers=ensemble.infos,

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 from PIL import Image
@@ -21,6 +22,9 @@ from PIL import Image
 from edgeclip.data.images import IMAGE_EXTENSIONS, list_images, load_image
 from edgeclip.distill.tario import Member, TarReader, index_tar, shard_paths
 from edgeclip.errors import DatasetError, ImageError, UsageError
+
+if TYPE_CHECKING:
+    from edgeclip.data.shapes import ShapesDataset
 
 SHOW_FIRST = 5  # how many offending paths a message names
 IMAGE_KEYS = ("image", "path", "file", "filepath", "image_path")  # a local file; an optional "url" is its origin
@@ -52,6 +56,11 @@ class ImageCaptionSource:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @classmethod
+    def open(cls, spec: str, skip_missing: bool = False) -> ImageCaptionSource:
+        """Open `spec` as this kind of source (each registered kind defines it; `open_source` calls it)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, {len(self)} records)"
@@ -143,7 +152,7 @@ def _is_shapes(spec: str) -> bool:
 class ShapesSource(ImageCaptionSource):
     """The built-in procedural shapes dataset (`edgeclip.data.shapes`), rendered on demand."""
 
-    def __init__(self, spec: str, dataset) -> None:  # dataset: ShapesDataset
+    def __init__(self, spec: str, dataset: ShapesDataset) -> None:
         super().__init__(spec, [], 0)
         self.dataset = dataset
 
@@ -187,6 +196,14 @@ class ShapesSource(ImageCaptionSource):
                 if index < len(self):
                     return index
         return None
+
+
+def open_shapes(spec: str) -> ShapesSource:
+    """`open_source` for a `shapes[:split[:count[:size]]]` spec, typed as the shapes source its callers read."""
+    source = open_source(spec)
+    if not isinstance(source, ShapesSource):
+        raise UsageError(f"{spec!r} is not a shapes source: expected shapes[:split[:count[:size]]]")
+    return source
 
 
 # --- captions file --------------------------------------------------------------------------------------
@@ -276,7 +293,7 @@ def _pick(row: dict, keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _is_int_like(value: object) -> bool:
+def _is_int_like(value: object) -> TypeGuard[int | str]:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):

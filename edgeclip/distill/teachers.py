@@ -143,7 +143,7 @@ class CocaCaptioner:
         import open_clip
         from open_clip import coca_model
 
-        from edgeclip.models.loading import load_model
+        from edgeclip.models.loading import is_coca, load_model
         from edgeclip.models.preprocess import preprocess_spec_for
 
         if not coca_model._has_transformers:
@@ -152,9 +152,10 @@ class CocaCaptioner:
                 "pip install 'edgeclip[captioner]'"
             )
         loaded = load_model(architecture, pretrained)
-        if not hasattr(loaded.model, "generate"):
+        model = loaded.model
+        if not is_coca(model):
             raise UsageError(f"--captioner {architecture} is not a CoCa model (it cannot generate text)")
-        self.model = loaded.model
+        self.model = model
         self.preprocess, _ = preprocess_spec_for(loaded.architecture, pretrained)
         self.name = f"{loaded.architecture}:{Path(pretrained).name}"
         self.top_p = top_p

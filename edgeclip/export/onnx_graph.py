@@ -138,7 +138,7 @@ def _gelu_in_fusable_order(model: onnx.ModelProto) -> None:
             (c05,), (a,) = set(inner.input) & half, set(inner.input) - half
             add = producer.get(a)
             erf = next((producer[i] for i in add.input if i in producer), None) if add else None
-            div = producer.get(erf.input[0]) if erf and erf.op_type == "Erf" and add.op_type == "Add" else None
+            div = producer.get(erf.input[0]) if add and erf and erf.op_type == "Erf" and add.op_type == "Add" else None
             if div and div.input[0] == x:  # x * (0.5 * (1 + erf(x ...)))
                 inner.input[:] = [x, a]
                 outer.input[:] = [inner.output[0], c05]

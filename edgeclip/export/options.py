@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edgeclip.errors import ExportError
 from edgeclip.metrics.parity import PARITY_FLOORS
 from edgeclip.runtimes.manifest import TensorSpec
 from edgeclip.runtimes.preprocess import PreprocessSpec
@@ -30,6 +31,20 @@ class Encoders:
     preprocess: PreprocessSpec | None = None
     tokenizer: TokenizerSpec | None = None
     model_id: str | None = None
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        """`preprocess`, for targets that calibrate with it or build it into their files: an ExportError if unset."""
+        if self.preprocess is None:
+            raise ExportError(
+                "these encoders carry no preprocessing spec (Encoders.preprocess), which this export needs"
+            )
+        return self.preprocess
+
+    def tokenizer_spec(self) -> TokenizerSpec:
+        """`tokenizer`, for targets that check their text encoder through it: an ExportError if unset."""
+        if self.tokenizer is None:
+            raise ExportError("these encoders carry no tokenizer spec (Encoders.tokenizer), which this export needs")
+        return self.tokenizer
 
 
 @dataclass(frozen=True)

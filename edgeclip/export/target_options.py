@@ -275,7 +275,7 @@ def option(
 class TargetOptions:
     """Base of every target's options dataclass (frozen, each field declared with `option`)."""
 
-    def check(self, precision: str) -> TargetOptions:
+    def check(self: T, precision: str) -> T:
         """Cross-field checks (one-line UsageError) and derived defaults; the options to export with."""
         return self
 
@@ -328,7 +328,7 @@ def parse_value(target: str, info: OptionInfo, value: Any) -> Any:
         raise _fail(target, info.key, value, str(e)) from None
 
 
-def parse_options(cls: type[T], target: str, raw: Mapping[str, Any] | T | None, precision: str) -> T:
+def parse_options(cls: type[T], target: str, raw: Mapping[str, Any] | TargetOptions | None, precision: str) -> T:
     """The typed options of `target` from strings or values by key (or a typed object), checked for `precision`.
 
     Order of the checks: unknown keys, each value's syntax, options given for a precision they do not apply to,

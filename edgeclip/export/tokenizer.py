@@ -113,10 +113,11 @@ def build_clip_bpe(reference: oc_tokenizer.SimpleTokenizer) -> HFTokenizer:
     split = pre_tokenizers.Split(
         Regex(onig_split_pattern(specials, reference.pat.flags)), behavior="removed", invert=True
     )
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [split, pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]
-    )
-    backend.decoder = decoders.ByteLevel()
+    # tokenizers' own .pyi is wrong here: it declares these properties without their setters, and ByteLevel
+    # without its trim_offsets argument (both exist at run time).
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)  # type: ignore[call-arg]
+    backend.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])  # type: ignore[misc]
+    backend.decoder = decoders.ByteLevel()  # type: ignore[misc]
     return backend
 
 

@@ -8,7 +8,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import nn
@@ -26,8 +26,20 @@ if TYPE_CHECKING:
         def encode_image(self, image: torch.Tensor, normalize: bool = ...) -> torch.Tensor: ...
         def encode_text(self, text: torch.Tensor, normalize: bool = ...) -> torch.Tensor: ...
 
+    class CocaModel(ClipModel):
+        """What edgeclip uses of open_clip's CoCa: a CLIP model that also generates caption tokens."""
+
+        def generate(self, image: torch.Tensor, **options: Any) -> torch.Tensor: ...
+
 else:
     ClipModel = nn.Module
+    CocaModel = nn.Module
+
+
+def is_coca(model: ClipModel) -> TypeGuard[CocaModel]:
+    """Whether `model` can generate captions (open_clip's CoCa family)."""
+    return hasattr(model, "generate")
+
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _HUB_HOST = "huggingface.co"

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from edgeclip.errors import UsageError
 from edgeclip.precision.rewrites import GraphIndex
 
+if TYPE_CHECKING:
+    import onnx
+
 # Decides per node whether a recipe quantizes it.
-NodeFilter = Callable[[object, GraphIndex], bool]
+NodeFilter = Callable[["onnx.NodeProto", GraphIndex], bool]
 
 
-def _conv_kind(node, graph: GraphIndex) -> str | None:
+def _conv_kind(node: onnx.NodeProto, graph: GraphIndex) -> str | None:
     """'pointwise' (1x1, group 1), 'depthwise' (group > 1), 'spatial' (kxk, group 1) or None for non-Conv nodes."""
     if node.op_type != "Conv":
         return None
@@ -29,7 +33,7 @@ def _conv_kind(node, graph: GraphIndex) -> str | None:
     return "pointwise" if tuple(weight.dims[2:]) == (1, 1) else "spatial"
 
 
-def _any(_node, _graph: GraphIndex) -> bool:
+def _any(_node: onnx.NodeProto, _graph: GraphIndex) -> bool:
     return True
 
 
@@ -38,7 +42,7 @@ def linear_matmul(node, graph: GraphIndex) -> bool:
     return node.op_type in ("MatMul", "Gemm") and any(name in graph.initializers for name in node.input[1:2])
 
 
-def _conv_residual_add(node, graph: GraphIndex) -> bool:
+def _conv_residual_add(node: onnx.NodeProto, graph: GraphIndex) -> bool:
     """An Add of two activations, one of them a Conv's output: a conv block's residual connection.
 
     Not a bias or GELU's `1 + erf` (a constant input), nor a transformer's residual stream, whose outlier channels
@@ -49,7 +53,7 @@ def _conv_residual_add(node, graph: GraphIndex) -> bool:
     return any(getattr(graph.producer.get(name), "op_type", None) == "Conv" for name in node.input)
 
 
-def _conv_chain(node, graph: GraphIndex) -> bool:
+def _conv_chain(node: onnx.NodeProto, graph: GraphIndex) -> bool:
     """1x1 and depthwise convs, linear MatMul/Gemm and conv residual Adds: what keeps a FastViT block int8."""
     return (
         _conv_kind(node, graph) in ("pointwise", "depthwise")
@@ -58,7 +62,7 @@ def _conv_chain(node, graph: GraphIndex) -> bool:
     )
 
 
-def _conv_or_linear(node, graph: GraphIndex) -> bool:
+def _conv_or_linear(node: onnx.NodeProto, graph: GraphIndex) -> bool:
     """Every Conv, and MatMul/Gemm with a constant weight (attention's activation products stay float)."""
     return node.op_type == "Conv" or linear_matmul(node, graph)
 

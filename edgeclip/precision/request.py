@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeclip.calibration.sets import CalibrationSet
 
 
 @dataclass(frozen=True)
@@ -11,7 +15,8 @@ class PrecisionRequest:
     """The validated int8/fp16 request: a precision and the target options that shape it."""
 
     precision: str
-    calibration: object | None  # a CalibrationSet, or a path to a .npz, a folder or a captions file
+    # A CalibrationSet, or a path to a .npz, a folder or a captions file.
+    calibration: CalibrationSet | str | Path | None
     method: str
     auto_exclude: bool
     dynamic: bool

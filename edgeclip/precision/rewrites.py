@@ -7,21 +7,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)
 class GraphIndex:
     """A graph's initializers, which node produces each tensor and which nodes read it (node filters, rewrites)."""
 
-    initializers: dict[str, object]
-    producer: dict[str, object]
-    consumers: dict[str, list] = field(default_factory=dict)
+    initializers: dict[str, onnx.TensorProto]
+    producer: dict[str, onnx.NodeProto]
+    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, model) -> GraphIndex:
-        consumers: dict[str, list] = {}
+    def of(cls, model: onnx.ModelProto) -> GraphIndex:
+        consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in model.graph.node:
             for name in n.input:
                 consumers.setdefault(name, []).append(n)
@@ -29,7 +33,7 @@ class GraphIndex:
                    {out: n for n in model.graph.node for out in n.output}, consumers)  # fmt: skip
 
 
-def _scalar(initializers: dict, name: str) -> float | None:
+def _scalar(initializers: dict[str, onnx.TensorProto], name: str) -> float | None:
     from onnx import numpy_helper
 
     tensor = initializers.get(name)
@@ -44,7 +48,7 @@ GELU_FORMS = (*GELU_OPS, "quick")  # quick: x * sigmoid(1.702 x) in uint8 betwee
 QUICK_GELU_ALPHA = 1.702
 
 
-def fuse_gelu(model, form: str = "exact") -> int:
+def fuse_gelu(model: onnx.ModelProto, form: str = "exact") -> int:
     """Replace exact-erf GELU chains, `(x * (1 + erf(x / sqrt2))) * 0.5`, by ONNX Runtime's Gelu op; the count.
 
     ORT fuses these itself in a float graph, but not once x comes out of a DequantizeLinear, and the unfused
@@ -65,7 +69,7 @@ def fuse_gelu(model, form: str = "exact") -> int:
     index = GraphIndex.of(model)
     inits, producer, consumers = index.initializers, index.producer, index.consumers
 
-    def only_consumer(name: str, op_type: str):
+    def only_consumer(name: str, op_type: str) -> onnx.NodeProto | None:
         found = consumers.get(name, [])
         return found[0] if len(found) == 1 and found[0].op_type == op_type else None
 
@@ -73,7 +77,7 @@ def fuse_gelu(model, form: str = "exact") -> int:
         got = _scalar(inits, name) if name else None
         return got is not None and abs(got - value) < 1e-3
 
-    replaced: dict[int, object] = {}
+    replaced: dict[int, onnx.NodeProto] = {}
     dropped: set[int] = set()
     for erf in [n for n in graph.node if n.op_type == "Erf"]:
         div = producer.get(erf.input[0])
@@ -83,7 +87,9 @@ def fuse_gelu(model, form: str = "exact") -> int:
         add = only_consumer(erf.output[0], "Add")
         mul = only_consumer(add.output[0], "Mul") if add is not None else None
         half = only_consumer(mul.output[0], "Mul") if mul is not None and x in mul.input else None
-        if half is None or not close(next((i for i in add.input if i != erf.output[0]), None), 1.0):
+        if add is None or mul is None or half is None:
+            continue
+        if not close(next((i for i in add.input if i != erf.output[0]), None), 1.0):
             continue
         if not close(next((i for i in half.input if i != mul.output[0]), None), 0.5):
             continue
@@ -99,7 +105,7 @@ def fuse_gelu(model, form: str = "exact") -> int:
     return len(replaced)
 
 
-def quantized_quick_gelu(model, alpha: float = QUICK_GELU_ALPHA) -> int:
+def quantized_quick_gelu(model: onnx.ModelProto, alpha: float = QUICK_GELU_ALPHA) -> int:
     """Rewrite DequantizeLinear -> FastGelu -> QuantizeLinear as uint8 x * sigmoid(alpha x); the count.
 
     ONNX Runtime has no integer GELU. Its QLinearSigmoid is a 256-entry lookup table, and sigmoid(alpha x) needs no
@@ -111,7 +117,7 @@ def quantized_quick_gelu(model, alpha: float = QUICK_GELU_ALPHA) -> int:
     graph = model.graph
     index = GraphIndex.of(model)
     inits, producer, consumers = index.initializers, index.producer, index.consumers
-    replaced: dict[int, list] = {}
+    replaced: dict[int, list[onnx.NodeProto]] = {}
     dropped: set[int] = set()
     for gelu in [n for n in graph.node if n.op_type == "FastGelu" and len(n.input) == 1]:
         dq = producer.get(gelu.input[0])

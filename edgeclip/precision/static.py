@@ -57,13 +57,16 @@ def calibration_arguments(
     if method == "minmax":  # ReduceMin/ReduceMax inside the graph: a few scalars per batch
         return {"calibrate_method": calibrate_method}
     # quantize_static's option names, and its defaults for percentile (2048 bins, 99.999, symmetric ranges)
-    options: dict[str, object] = (
-        {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
-         "symmetric": bool(extra_options.get("CalibTensorRangeSymmetric", False))}
-        if method == "entropy" else
-        {"percentile": float(extra_options.get("CalibPercentile", 99.999)),
-         "symmetric": bool(extra_options.get("CalibTensorRangeSymmetric", True))}
-    )  # fmt: skip
+    options: dict[str, object]
+    if method == "entropy":
+        options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+                   "symmetric": bool(extra_options.get("CalibTensorRangeSymmetric", False))}  # fmt: skip
+    else:
+        percentile = extra_options.get("CalibPercentile", 99.999)
+        if not isinstance(percentile, (int, float)):
+            raise TypeError(f"extra option CalibPercentile is {percentile!r}: expected a number")
+        options = {"percentile": float(percentile),
+                   "symmetric": bool(extra_options.get("CalibTensorRangeSymmetric", True))}  # fmt: skip
     calibrator = create_calibrator(pre, list(op_types) if op_types else None,
                                    augmented_model_path=str(tmp / "histogram-augmented.onnx"),
                                    calibrate_method=calibrate_method, extra_options=options)  # fmt: skip

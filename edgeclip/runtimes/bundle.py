@@ -10,11 +10,11 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeclip.data.images import ImageLike
+from edgeclip.data.images import ImageLike, image_list
 from edgeclip.errors import BundleError
 from edgeclip.runtimes.backends import Backend, RuntimeOptions, backend_for_target
 from edgeclip.runtimes.checksums import DIGESTS, sha256_file, sha256_path, umask_mode
@@ -220,8 +220,7 @@ class Bundle:
         self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = 32, progress: bool = False
     ) -> np.ndarray:
         """L2-normalized image embeddings [N, D] for paths, PIL images or uint8 arrays, in batches."""
-        # Anything but a list or tuple is one image (a str path is a Sequence too).
-        items = cast("list[ImageLike]", [images] if not isinstance(images, (list, tuple)) else list(images))
+        items = image_list(images)
         out = np.empty((len(items), self.embed_dim), dtype=np.float32)
         with _progress(len(items), progress, "images") as bar:
             for s in _batches(len(items), batch_size):

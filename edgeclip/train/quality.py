@@ -93,9 +93,9 @@ class QualityTrainConfig:
         if not self.images and self.shapes <= 0:
             raise UsageError("no pristine images: give --images FOLDER and/or --shapes N")
         counts = (("steps", self.steps, 1), ("batch size", self.batch_size, 1), ("shapes", self.shapes, 0))
-        for name, value, low in counts:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UsageError(f"{name} {value!r} is not allowed: expected an integer >= {low}")
+        for name, value, least in counts:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UsageError(f"{name} {value!r} is not allowed: expected an integer >= {least}")
         weights = (
             ("lr", self.lr),
             ("margin", self.margin),
@@ -103,9 +103,9 @@ class QualityTrainConfig:
             ("anchor weight", self.anchor_weight),
             ("pooled weight", self.pooled_weight),
         )
-        for name, value in weights:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise UsageError(f"{name} {value!r} is not allowed: expected a finite number >= 0")
+        for name, weight in weights:
+            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+                raise UsageError(f"{name} {weight!r} is not allowed: expected a finite number >= 0")
         for family in self.families:
             get_degradation(family)
             if family not in FAMILY_ATTRIBUTE:
@@ -161,7 +161,7 @@ def _crop_pair(image: Image.Image, size: int, scale: tuple[float, float], rng: n
     left2 = int(np.clip(left + rng.integers(-shift, shift + 1), 0, width - side))
     top2 = int(np.clip(top + rng.integers(-shift, shift + 1), 0, height - side))
     crops = [
-        image.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)
+        image.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.BICUBIC)
         for x, y in ((left, top), (left2, top2))
     ]
     if rng.random() < 0.5:

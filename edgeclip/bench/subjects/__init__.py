@@ -27,8 +27,11 @@ from edgeclip.runtimes.heads import Head
 class Encoder(Protocol):
     """The embedding surface a subject shares with `Bundle` (what zero-shot heads and accuracy need)."""
 
-    model_id: str
-    logit_scale: float
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def logit_scale(self) -> float: ...
 
     def encode_image(self, images: Any, *, batch_size: int = 32, progress: bool = False) -> Any: ...
 

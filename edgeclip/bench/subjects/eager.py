@@ -16,6 +16,7 @@ from PIL import Image
 from edgeclip.bench.latency import Stage
 from edgeclip.bench.results import ModelIdentity
 from edgeclip.bench.subjects import Subject, register_subject
+from edgeclip.data.images import ImageLike, image_list
 from edgeclip.runtimes.backends import RuntimeOptions
 from edgeclip.runtimes.heads import Head
 from edgeclip.runtimes.preprocess import PreprocessSpec, preprocess
@@ -46,11 +47,13 @@ class EagerEncoder:
         with torch.inference_mode():
             return self.text(tokens).float().numpy()
 
-    def encode_image(self, images: Sequence[Any], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def encode_image(
+        self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
         """L2-normalized embeddings of paths, PIL images or arrays, preprocessed as a bundle would."""
         import torch
 
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        items = image_list(images)
         out = [
             self.run_image(torch.from_numpy(preprocess(items[s : s + batch_size], self.spec)))
             for s in range(0, len(items), batch_size)

@@ -17,7 +17,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -284,10 +284,11 @@ class _PixelNormalization:
     channel_scale: tuple[float, float, float] | None
 
     @classmethod
-    def of(cls, mean: Sequence[float], std: Sequence[float]) -> _PixelNormalization:
+    def of(cls, mean: tuple[float, float, float], std: tuple[float, float, float]) -> _PixelNormalization:
+        (r, g, b), s = mean, std[0]
         if len(set(std)) == 1:
-            return cls(1.0 / (255.0 * std[0]), tuple(-m / std[0] for m in mean), None)
-        return cls(1.0 / 255.0, tuple(-m for m in mean), tuple(1.0 / s for s in std))
+            return cls(1.0 / (255.0 * s), (-r / s, -g / s, -b / s), None)
+        return cls(1.0 / 255.0, (-r, -g, -b), (1.0 / std[0], 1.0 / std[1], 1.0 / std[2]))
 
     def to_dict(self) -> dict[str, Any]:
         channel_scale = list(self.channel_scale) if self.channel_scale else None
@@ -300,6 +301,8 @@ def _channel_scaled(encoder, channel_scale: tuple[float, float, float]):
     from torch import nn
 
     class ChannelScaledEncoder(nn.Module):
+        channel_scale: torch.Tensor  # a buffer
+
         def __init__(self) -> None:
             super().__init__()
             self.encoder = encoder
@@ -490,18 +493,19 @@ def _calibration(sources: tuple[Path, ...], encoders: Encoders) -> _Calibration:
     target reads them, or else the image files given, every one of them."""
     from edgeclip.runtimes.preprocess import preprocess
 
+    spec = encoders.preprocess_spec()
     method = {"method": "coremltools linear_quantize_activations (linear symmetric int8)", "encoders": ["image"]}
     if len(sources) == 1 and (sources[0].suffix == ".npz" or sources[0].is_dir()):
         from edgeclip.calibration import resolve_calibration
 
-        calib = resolve_calibration(sources[0], encoders.preprocess)
+        calib = resolve_calibration(sources[0], spec)
         return _Calibration(calib.pixels, {**method, "images": len(calib), "set": calib.describe()})
     import hashlib
 
     from edgeclip.runtimes.bundle import sha256_file
 
     digest = hashlib.sha256("".join(sorted(sha256_file(p) for p in sources)).encode()).hexdigest()
-    pixels = preprocess(list(sources), encoders.preprocess)
+    pixels = preprocess(list(sources), spec)
     return _Calibration(pixels, {**method, "images": len(sources), "set_sha256": digest})
 
 
@@ -510,7 +514,7 @@ def _calibration_samples(plan: _Plan, pixels: np.ndarray, encoders: Encoders) ->
     from edgeclip.runtimes.backends.coreml import pixels_to_images
 
     if plan.normalization is not None:
-        pre = encoders.preprocess
+        pre = encoders.preprocess_spec()
         return [{plan.input_name: image} for image in pixels_to_images(pixels, pre.mean, pre.std)]
     return [{plan.input_name: pixels[i : i + 1]} for i in range(len(pixels))]
 
@@ -521,6 +525,9 @@ def _calibrated(ct, mlmodel, plan: _Plan, opts: CoreMLOptions, calib: _Calibrati
 
     import coremltools.optimize.coreml as cto
 
+    if opts.compress is None:  # CoreMLOptions.check: only w8a8 asks for calibration
+        raise ExportError("Core ML calibration is for --compress w8a8, and no compression was given")
+    compress = opts.compress
     samples = _calibration_samples(plan, calib.pixels, encoders)
     try:
         with _quiet():
@@ -528,7 +535,7 @@ def _calibrated(ct, mlmodel, plan: _Plan, opts: CoreMLOptions, calib: _Calibrati
             loaded = ct.models.MLModel(str(scratch))  # compiled, so calibration can run it
             activation = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
             quantized = cto.linear_quantize_activations(loaded, activation, samples)
-            _, weights = _weight_pass(cto, opts.compress)
+            _, weights = _weight_pass(cto, compress)
             return cto.linear_quantize_weights(quantized, cto.OptimizationConfig(global_config=weights))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -607,6 +614,8 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
             ct, plan, program, options.precision, opts.deployment_target, None if calibrate else opts.compress
         )
         if calibrate:
+            if calib is None:  # CoreMLOptions.check: w8a8 comes with calibration images
+                raise UsageError(f"--compress {opts.compress} needs calibration images: pass --calibration")
             mlmodel = _calibrated(ct, mlmodel, plan, opts, calib, encoders, out_dir / ".image_float.mlpackage")
         _describe(mlmodel, plan, encoders, opts, options.precision, embed_dim)
         name = f"{plan.role}_encoder.mlpackage"

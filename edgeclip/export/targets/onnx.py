@@ -142,8 +142,9 @@ def _export_lower_precision(encoders: Encoders, out_dir: Path, options: ExportOp
 
     request = PrecisionRequest.of(options.precision, options_of(options, OnnxOptions))
     # Before the fp32 export: a calibration set made for other preprocessing fails here, fast.
-    calib = resolve_calibration(request.calibration, encoders.preprocess) if request.calibration is not None else None
-    tokenizer = Tokenizer.from_file(out_dir / "tokenizer.json", encoders.tokenizer)
+    spec = encoders.preprocess_spec()
+    calib = resolve_calibration(request.calibration, spec) if request.calibration is not None else None
+    tokenizer = Tokenizer.from_file(out_dir / "tokenizer.json", encoders.tokenizer_spec())
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         fp32 = export(encoders, Path(tmp), ExportOptions(options.target, "fp32", options.opset))
         record = lower_precision(
@@ -151,7 +152,7 @@ def _export_lower_precision(encoders: Encoders, out_dir: Path, options: ExportOp
             (out_dir / fp32.image.file, out_dir / fp32.text.file),
             request,
             calib,
-            encoders.preprocess,
+            spec,
             tokenizer,
         )
     return EncoderFiles(fp32.image, fp32.text, {**fp32.target_info}, calibration=record)

@@ -69,8 +69,12 @@ class TensorRTOptions(TargetOptions):
         platforms=GPU_BUILD,
     )
 
+    def tuned_batch(self) -> int:
+        """The batch the kernels are tuned for: opt_batch, or max_batch / 2 when not given (as `check` fills it)."""
+        return self.opt_batch if self.opt_batch is not None else max(1, self.max_batch // 2)
+
     def check(self, precision: str) -> TensorRTOptions:
-        opt_batch = self.opt_batch if self.opt_batch is not None else max(1, self.max_batch // 2)
+        opt_batch = self.tuned_batch()
         if opt_batch > self.max_batch:
             raise UsageError(
                 f"tensorrt opt_batch {opt_batch} is larger than max_batch {self.max_batch}: "
@@ -185,7 +189,7 @@ def trtexec_command(graph: ReadyGraph, engine: str, opts: TensorRTOptions) -> st
     name = graph.input.name
     return (
         f"trtexec --onnx={graph.path.name} --saveEngine={engine} --stronglyTyped "
-        f"--minShapes={name}:{_dims(graph.input, 1)} --optShapes={name}:{_dims(graph.input, opts.opt_batch)} "
+        f"--minShapes={name}:{_dims(graph.input, 1)} --optShapes={name}:{_dims(graph.input, opts.tuned_batch())} "
         f"--maxShapes={name}:{_dims(graph.input, opts.max_batch)} --memPoolSize=workspace:{opts.workspace}M "
         "--timingCacheFile=edgeclip-tensorrt.timing"
     )
@@ -222,7 +226,7 @@ def build_engine(graph: ReadyGraph, engine_path: Path, opts: TensorRTOptions, ca
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace << 20)
     rest = tuple(int(d) for d in graph.input.shape[1:])
     profile = builder.create_optimization_profile()
-    profile.set_shape(graph.input.name, (1, *rest), (opts.opt_batch, *rest), (opts.max_batch, *rest))
+    profile.set_shape(graph.input.name, (1, *rest), (opts.tuned_batch(), *rest), (opts.max_batch, *rest))
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, False)  # False: a cache from another device is refused
@@ -265,8 +269,12 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
     opts = options_of(options, TensorRTOptions)
     precision = options.precision
     # Before the fp32 export: a calibration set made for other preprocessing fails here, fast.
-    calib = resolve_calibration(opts.calibration, encoders.preprocess) if precision == "int8" else None
-    tokenizer = Tokenizer.from_file(out_dir / "tokenizer.json", encoders.tokenizer)
+    calib = None
+    if precision == "int8":
+        if opts.calibration is None:  # TensorRTOptions.check refuses int8 without it
+            raise UsageError("--target tensorrt --precision int8 needs --calibration")
+        calib = resolve_calibration(opts.calibration, encoders.preprocess_spec())
+    tokenizer = Tokenizer.from_file(out_dir / "tokenizer.json", encoders.tokenizer_spec())
     files: dict[str, EncoderFile] = {}
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         fp32_dir = Path(tmp) / "fp32"
@@ -277,7 +285,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
         info: dict[str, Any] = {
             "onnx_stage": {role: g.check for role, g in graphs.items()},
             "opset": fp32.target_info.get("opset"),
-            "batch_profile": {"min": 1, "opt": opts.opt_batch, "max": opts.max_batch},
+            "batch_profile": {"min": 1, "opt": opts.tuned_batch(), "max": opts.max_batch},
         }
         if opts.onnx_only:
             for role, g in graphs.items():
@@ -287,7 +295,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
             info["trtexec"] = {role: trtexec_command(g, f"{role}_encoder.engine", opts) for role, g in graphs.items()}
         else:
             info.update(_build(graphs, held_out, out_dir, precision, opts, files))
-    calibration = (
+    calibration: dict[str, object] | None = (
         None
         if calib is None
         else {
@@ -330,7 +338,7 @@ def _build(
         facts["tensorrt_version"],
         facts["gpu_name"],
         facts["compute_capability"],
-        (1, opts.opt_batch, opts.max_batch),
+        (1, opts.tuned_batch(), opts.max_batch),
         opts.workspace,
     )
     return {
