@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from edgeclip.cli import (
     runtime_options,
     show_progress,
 )
+
+if TYPE_CHECKING:
+    from edgeclip.bench.results import BenchResult
 
 
 class IntList(click.ParamType):
@@ -79,6 +82,20 @@ class _Steps:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def show_result(result: BenchResult, json_path: str | None, *, markdown: bool, quiet: bool) -> None:
+    """Print a bench result as a table (or as JSON for `--json -`) and write the results file `--json` names."""
+    from edgeclip.bench import format_result, save_results
+
+    if json_path == "-":
+        emit_json(result.to_dict())
+        return
+    click.echo(format_result(result, markdown=markdown))
+    if json_path:
+        path = save_results(result, json_path)
+        if not quiet:
+            click.echo(f"\nwrote {path}")
 
 
 @bench.command("run")
@@ -153,7 +170,7 @@ def bench_run(
       edgeclip bench mc2s0.edgeclip --threads 2 --json results/$(hostname).json
       edgeclip bench bundles/*.edgeclip --model MobileCLIP2-S0 -p mc2s0.safetensors   # + the eager baseline
     """
-    from edgeclip.bench import format_result, run_bench, save_results
+    from edgeclip.bench import run_bench
 
     steps = _Steps(show_progress(quiet))
     try:
@@ -180,14 +197,7 @@ def bench_run(
         )
     finally:
         steps.close()
-    if json_path == "-":
-        emit_json(result.to_dict())
-        return
-    click.echo(format_result(result, markdown=markdown))
-    if json_path:
-        path = save_results(result, json_path)
-        if not quiet:
-            click.echo(f"\nwrote {path}")
+    show_result(result, json_path, markdown=markdown, quiet=quiet)
 
 
 @bench.command("report")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgeclip.cli import CommaList, cli, emit_json, json_option, quiet_option, runtime_options, show_progress
-from edgeclip.cli.bench import IntList, _Steps, bench
+from edgeclip.cli.bench import IntList, _Steps, bench, show_result
 from edgeclip.cli.tasks import eval_group
 
 _STORAGES = ("fp16", "int8")
@@ -229,7 +229,6 @@ def bench_search(
       edgeclip bench search mc2s0.edgeclip --json results/search-$(hostname).json
       edgeclip bench report results/*.json --markdown report.md
     """
-    from edgeclip.bench import format_result, save_results
     from edgeclip.bench.search import run_search_bench
 
     steps = _Steps(show_progress(quiet))
@@ -253,11 +252,4 @@ def bench_search(
         )
     finally:
         steps.close()
-    if json_path == "-":
-        emit_json(result.to_dict())
-        return
-    click.echo(format_result(result, markdown=markdown))
-    if json_path:
-        path = save_results(result, json_path)
-        if not quiet:
-            click.echo(f"\nwrote {path}")
+    show_result(result, json_path, markdown=markdown, quiet=quiet)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgeclip._registry import add_once
 from edgeclip.errors import UsageError
 from edgeclip.precision.rewrites import GraphIndex
 
@@ -86,9 +87,7 @@ RECIPES: dict[str, QuantRecipe] = {}
 
 def register_recipe(recipe: QuantRecipe) -> QuantRecipe:
     """Add a recipe to the registry; names are unique."""
-    if recipe.name in RECIPES:
-        raise ValueError(f"quantization recipe {recipe.name!r} is registered twice")
-    RECIPES[recipe.name] = recipe
+    add_once(RECIPES, recipe.name, recipe, "quantization recipe")
     return recipe
 
 
