@@ -17,6 +17,7 @@ from edgeclip.cli import (
     quiet_option,
     runtime_options,
     show_progress,
+    verify_option,
 )
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def show_result(result: BenchResult, json_path: str | None, *, markdown: bool, q
 @click.option("--no-isolate", is_flag=True, help="Measure in this process (faster; peak memory then accumulates).")
 @click.option("--json", "json_path", help="Write the results file here (the farm contract); '-' prints it.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+@verify_option
 @runtime_options
 @quiet_option
 def bench_run(
@@ -149,6 +151,7 @@ def bench_run(
     no_isolate: bool,
     json_path: str | None,
     markdown: bool,
+    no_verify: bool,
     providers: tuple[str, ...],
     threads: int | None,
     quiet: bool,
@@ -193,6 +196,7 @@ def bench_run(
             device_name=device_name,
             bundle_dir=keep_bundles,
             isolate=not no_isolate,
+            verify=not no_verify,
             on_step=steps.step,
         )
     finally:

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from edgeclip.cli import CommaList, cli, emit_json, json_option, quiet_option, runtime_options, show_progress
+from edgeclip.cli import (
+    CommaList,
+    cli,
+    emit_json,
+    json_option,
+    quiet_option,
+    runtime_options,
+    show_progress,
+    verify_option,
+)
 from edgeclip.cli.bench import IntList, _Steps, bench, show_result
 from edgeclip.cli.tasks import eval_group
 
@@ -215,11 +224,12 @@ def eval_retrieval(bundle, captions, batch_size, providers, threads, quiet, as_j
 @click.option("--device-name", help="Device name in the results (default: the host name).")
 @click.option("--json", "json_path", help="Write the results file here; '-' prints it.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+@verify_option
 @runtime_options
 @quiet_option
 def bench_search(
     bundle, sizes, images, image_size, batch_size, workers, runs, warmup, dim, storage, label, device_name,
-    json_path, markdown, providers, threads, quiet,
+    json_path, markdown, no_verify, providers, threads, quiet,
 ) -> None:  # fmt: skip
     """Photo-search rows: index throughput against the encoder's own, and query p50/p99 and recall@10 of exact and
     approximate search at each --entries size (synthetic vectors). Rows go into the usual results file.
@@ -248,6 +258,7 @@ def bench_search(
             providers=providers or None,
             label=label,
             device_name=device_name,
+            verify=not no_verify,
             on_step=steps.step,
         )
     finally:
