@@ -329,6 +329,15 @@ def test_a_brace_pattern_of_billions_is_refused_before_expanding() -> None:
     assert time.perf_counter() - start < 1
 
 
+def test_distill_refuses_a_runaway_shard_pattern_before_loading_a_model(tmp_path: Path) -> None:
+    # the architecture does not exist: had the model been looked at first, the error would name it instead
+    args = ("--model", "No-Such-Architecture", "--output", tmp_path / "run", "--steps", "1")
+    start = time.perf_counter()
+    line = fails_in_one_line(run("distill", "--data", "shards/{0000000000..9999999999}.tar", *args), "names more than")
+    assert "No-Such-Architecture" not in line and time.perf_counter() - start < 5
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_large_photo_can_be_allowed(tiny_bundle: Path, tmp_path: Path, monkeypatch) -> None:
     from edgeclip.data import images
 
