@@ -109,6 +109,28 @@ def test_classify_verifies_by_default_and_no_verify_opts_out(tiny_bundle_copy: P
     assert run("classify", tiny_bundle_copy, red_jpg, "--labels", "cat,dog", "--no-verify").exit_code == 0
 
 
+def test_bench_verifies_by_default_and_no_verify_opts_out(tiny_bundle_copy: Path) -> None:
+    edit_manifest(tiny_bundle_copy, lambda d: d["encoders"]["image"].__setitem__("sha256", "0" * 64))
+    quick = ("--runs", "2", "--warmup", "0", "--eval-images", "4", "--threads", "1", "--quiet", "--json", "-")
+    checked = run("bench", "run", tiny_bundle_copy, "--no-isolate", *quick)
+    assert checked.exit_code == 0, checked.output
+    (row,) = json.loads(checked.output)["entries"]
+    assert row["status"] == "failed_checks" and "image encoder changed or corrupt" in row["reason"]
+    trusted = run("bench", "run", tiny_bundle_copy, *quick, "--no-verify")  # a row subprocess: the flag travels
+    assert trusted.exit_code == 0, trusted.output
+    (row,) = json.loads(trusted.output)["entries"]
+    assert row["status"] == "ok" and row["latency"]["image"], row
+
+
+def test_bench_search_verifies_by_default_and_no_verify_opts_out(tiny_bundle_copy: Path, tmp_path: Path) -> None:
+    edit_manifest(tiny_bundle_copy, lambda d: d["encoders"]["image"].__setitem__("sha256", "0" * 64))
+    quick = ("--entries", "50", "--images", "4", "--image-size", "32", "--runs", "2", "--warmup", "0", "--quiet")
+    fails_in_one_line(run("bench", "search", tiny_bundle_copy, *quick), "image encoder changed or corrupt")
+    out = run("bench", "search", tiny_bundle_copy, *quick, "--no-verify", "--json", tmp_path / "search.json")
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "search.json").read_text())["entries"][0]["status"] == "ok"
+
+
 def test_the_digest_cache_is_not_fooled_by_a_same_size_rewrite_in_the_same_second(tmp_path: Path) -> None:
     path = tmp_path / "weights.bin"
     path.write_bytes(b"A" * 4096)
@@ -307,6 +329,15 @@ def test_a_brace_pattern_of_billions_is_refused_before_expanding() -> None:
     assert time.perf_counter() - start < 1
 
 
+def test_distill_refuses_a_runaway_shard_pattern_before_loading_a_model(tmp_path: Path) -> None:
+    # the architecture does not exist: had the model been looked at first, the error would name it instead
+    args = ("--model", "No-Such-Architecture", "--output", tmp_path / "run", "--steps", "1")
+    start = time.perf_counter()
+    line = fails_in_one_line(run("distill", "--data", "shards/{0000000000..9999999999}.tar", *args), "names more than")
+    assert "No-Such-Architecture" not in line and time.perf_counter() - start < 5
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_large_photo_can_be_allowed(tiny_bundle: Path, tmp_path: Path, monkeypatch) -> None:
     from edgeclip.data import images
 
@@ -361,3 +392,20 @@ def test_classify_json_and_jsonl_hold_the_same_results(tiny_bundle: Path, photo_
     as_json = run("classify", tiny_bundle, *photo_files, "--labels", "a,b", "--json")
     as_jsonl = run("classify", tiny_bundle, *photo_files, "--labels", "a,b", "--jsonl")
     assert json.loads(as_json.output) == [json.loads(line) for line in as_jsonl.output.splitlines()]
+
+
+def test_the_quality_checkpoint_honours_the_umask(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from edgeclip.train.quality import save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    before = os.umask(0o027)  # neither mkstemp's 0600 nor the usual 0644: the umask itself decides
+    try:
+        path = save_checkpoint(model, tmp_path / "out" / "quality.safetensors", {"kind": "test"})
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert torch.equal(load_file(path)["weight"], model.weight.detach())
+    assert [p.name for p in path.parent.iterdir()] == ["quality.safetensors"]  # no temporary file left behind

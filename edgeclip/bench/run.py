@@ -195,6 +195,7 @@ def run_bench(
     device_name: str | None = None,
     bundle_dir: str | Path | None = None,
     isolate: bool = True,
+    verify: bool = True,
     on_step: StepCallback | None = None,
 ) -> BenchResult:
     """Benchmark the given `bundles` and/or a `model` exported to `targets` (with its PyTorch eager baseline) here.
@@ -203,6 +204,7 @@ def run_bench(
     (`torch`) when bundles are given too: that measures existing bundles against PyTorch without exporting again.
 
     Each row is measured in a fresh process when `isolate` (cold start and peak memory then belong to it alone).
+    `verify=False` skips the sha256 check of each bundle's files as it loads (as `--no-verify` does).
     `reference` names the row parity is measured against (default: the eager baseline, else the first fp32 row).
     """
     step = on_step or (lambda _msg: None)
@@ -256,9 +258,9 @@ def run_bench(
                 started = time.perf_counter()
                 entry = _export(_model_of(cand, model), pretrained, random_init, cand, out)
                 export_s = round(time.perf_counter() - started, 2)
-                source = {"path": str(out)}
+                source = {"path": str(out), "verify": verify}
             else:
-                source = {"path": str(cand.path)}
+                source = {"path": str(cand.path), "verify": verify}
             if entry is None:
                 step(f"measuring {cand.name}")
                 request = MeasureRequest(

@@ -146,10 +146,12 @@ def run_search_bench(
     providers: Sequence[str] | None = None,
     label: str | None = None,
     device_name: str | None = None,
+    verify: bool = True,
     on_step: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Index throughput of `bundle_path` on shapes images, then exact and approximate query latency and recall@10
-    at each of `sizes` synthetic entries (of the bundle's embedding width, or `dim`)."""
+    at each of `sizes` synthetic entries (of the bundle's embedding width, or `dim`); `verify=False` skips the
+    sha256 check of the bundle's files (as `--no-verify` does)."""
     from edgeclip.runtimes.bundle import load_bundle
     from edgeclip.runtimes.search.ann import default_ann, refresh_ann
     from edgeclip.runtimes.search.query import PhotoIndex
@@ -160,7 +162,7 @@ def run_search_bench(
         raise UsageError(f"sizes {list(sizes)}, images {images}, runs {runs}: expected whole numbers >= 1")
     if storage not in STORAGES:
         raise UsageError(f"storage {storage!r}: expected one of {', '.join(STORAGES)}")
-    bundle = load_bundle(bundle_path, providers=providers, threads=threads)
+    bundle = load_bundle(bundle_path, providers=providers, threads=threads, verify=verify)
     m = bundle.manifest
     model = ModelIdentity(m.source.architecture, m.model_id, m.source.pretrained, m.source.random_init)
     width = dim or bundle.embed_dim

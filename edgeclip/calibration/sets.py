@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -19,7 +17,7 @@ from edgeclip.calibration.sampling import STRATEGIES, image_features, select
 from edgeclip.calibration.text import default_text_strings
 from edgeclip.data.images import list_images, load_image
 from edgeclip.errors import ImageError, UsageError
-from edgeclip.runtimes.checksums import umask_mode
+from edgeclip.runtimes.checksums import atomic_output
 from edgeclip.runtimes.preprocess import PreprocessSpec, preprocess_image
 
 if TYPE_CHECKING:
@@ -118,9 +116,7 @@ class CalibrationSet:
             "sha256": self.sha256,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_output(path, suffix=".tmp.npz") as tmp:
             np.savez(
                 tmp,
                 pixels=self.pixels,
@@ -128,11 +124,6 @@ class CalibrationSet:
                 texts=np.array(self.texts, dtype=np.str_),
                 meta=np.array(json.dumps(meta)),
             )
-            os.chmod(tmp, umask_mode())  # mkstemp makes 0600; the set is shared like any other output
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,7 +17,11 @@ from edgeclip.cli import (
     quiet_option,
     runtime_options,
     show_progress,
+    verify_option,
 )
+
+if TYPE_CHECKING:
+    from edgeclip.bench.results import BenchResult
 
 
 class IntList(click.ParamType):
@@ -81,6 +85,20 @@ class _Steps:
             self._bar.close()
 
 
+def show_result(result: BenchResult, json_path: str | None, *, markdown: bool, quiet: bool) -> None:
+    """Print a bench result as a table (or as JSON for `--json -`) and write the results file `--json` names."""
+    from edgeclip.bench import format_result, save_results
+
+    if json_path == "-":
+        emit_json(result.to_dict())
+        return
+    click.echo(format_result(result, markdown=markdown))
+    if json_path:
+        path = save_results(result, json_path)
+        if not quiet:
+            click.echo(f"\nwrote {path}")
+
+
 @bench.command("run")
 @click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "-m", help="open_clip architecture to export and measure, e.g. MobileCLIP2-S0.")
@@ -111,6 +129,7 @@ class _Steps:
 @click.option("--no-isolate", is_flag=True, help="Measure in this process (faster; peak memory then accumulates).")
 @click.option("--json", "json_path", help="Write the results file here (the farm contract); '-' prints it.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+@verify_option
 @runtime_options
 @quiet_option
 def bench_run(
@@ -132,6 +151,7 @@ def bench_run(
     no_isolate: bool,
     json_path: str | None,
     markdown: bool,
+    no_verify: bool,
     providers: tuple[str, ...],
     threads: int | None,
     quiet: bool,
@@ -153,7 +173,7 @@ def bench_run(
       edgeclip bench mc2s0.edgeclip --threads 2 --json results/$(hostname).json
       edgeclip bench bundles/*.edgeclip --model MobileCLIP2-S0 -p mc2s0.safetensors   # + the eager baseline
     """
-    from edgeclip.bench import format_result, run_bench, save_results
+    from edgeclip.bench import run_bench
 
     steps = _Steps(show_progress(quiet))
     try:
@@ -176,18 +196,12 @@ def bench_run(
             device_name=device_name,
             bundle_dir=keep_bundles,
             isolate=not no_isolate,
+            verify=not no_verify,
             on_step=steps.step,
         )
     finally:
         steps.close()
-    if json_path == "-":
-        emit_json(result.to_dict())
-        return
-    click.echo(format_result(result, markdown=markdown))
-    if json_path:
-        path = save_results(result, json_path)
-        if not quiet:
-            click.echo(f"\nwrote {path}")
+    show_result(result, json_path, markdown=markdown, quiet=quiet)
 
 
 @bench.command("report")

@@ -6,8 +6,17 @@ from pathlib import Path
 
 import click
 
-from edgeclip.cli import CommaList, cli, emit_json, json_option, quiet_option, runtime_options, show_progress
-from edgeclip.cli.bench import IntList, _Steps, bench
+from edgeclip.cli import (
+    CommaList,
+    cli,
+    emit_json,
+    json_option,
+    quiet_option,
+    runtime_options,
+    show_progress,
+    verify_option,
+)
+from edgeclip.cli.bench import IntList, _Steps, bench, show_result
 from edgeclip.cli.tasks import eval_group
 
 _STORAGES = ("fp16", "int8")
@@ -215,11 +224,12 @@ def eval_retrieval(bundle, captions, batch_size, providers, threads, quiet, as_j
 @click.option("--device-name", help="Device name in the results (default: the host name).")
 @click.option("--json", "json_path", help="Write the results file here; '-' prints it.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+@verify_option
 @runtime_options
 @quiet_option
 def bench_search(
     bundle, sizes, images, image_size, batch_size, workers, runs, warmup, dim, storage, label, device_name,
-    json_path, markdown, providers, threads, quiet,
+    json_path, markdown, no_verify, providers, threads, quiet,
 ) -> None:  # fmt: skip
     """Photo-search rows: index throughput against the encoder's own, and query p50/p99 and recall@10 of exact and
     approximate search at each --entries size (synthetic vectors). Rows go into the usual results file.
@@ -229,7 +239,6 @@ def bench_search(
       edgeclip bench search mc2s0.edgeclip --json results/search-$(hostname).json
       edgeclip bench report results/*.json --markdown report.md
     """
-    from edgeclip.bench import format_result, save_results
     from edgeclip.bench.search import run_search_bench
 
     steps = _Steps(show_progress(quiet))
@@ -249,15 +258,9 @@ def bench_search(
             providers=providers or None,
             label=label,
             device_name=device_name,
+            verify=not no_verify,
             on_step=steps.step,
         )
     finally:
         steps.close()
-    if json_path == "-":
-        emit_json(result.to_dict())
-        return
-    click.echo(format_result(result, markdown=markdown))
-    if json_path:
-        path = save_results(result, json_path)
-        if not quiet:
-            click.echo(f"\nwrote {path}")
+    show_result(result, json_path, markdown=markdown, quiet=quiet)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from edgeclip._registry import add_once, lookup
 from edgeclip.data.images import ImageLike, jpeg_round_trip, load_image
 from edgeclip.errors import UsageError
 
@@ -58,9 +59,7 @@ def register_attack(name: str, description: str) -> Callable[[AttackFn], AttackF
     """Decorator adding an attack renderer to the registry; a second one of the same name is refused."""
 
     def decorate(fn: AttackFn) -> AttackFn:
-        if name in _ATTACKS:
-            raise ValueError(f"attack species {name!r} is registered twice")
-        _ATTACKS[name] = AttackSpecies(name, description, fn)
+        add_once(_ATTACKS, name, AttackSpecies(name, description, fn), "attack species")
         return fn
 
     return decorate
@@ -73,9 +72,7 @@ def list_attacks() -> list[str]:
 
 def get_attack(name: str) -> AttackSpecies:
     """A registered species by name, or a UsageError listing the known ones."""
-    if name not in _ATTACKS:
-        raise UsageError(f"unknown attack species {name!r}: expected one of {', '.join(_ATTACKS)}")
-    return _ATTACKS[name]
+    return lookup(_ATTACKS, name, "attack species")
 
 
 def apply_attack(image: ImageLike, species: str, seed: int = 0, face_box: FaceBox | None = None) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from edgeclip._registry import add_once, lookup
 from edgeclip.data.images import ImageLike, jpeg_round_trip, load_image
 from edgeclip.errors import UsageError
 
@@ -49,11 +50,9 @@ def register_degradation(
     """Decorator adding a degradation family to the registry; duplicates and wrong level counts are refused."""
 
     def decorate(fn: DegradeFn) -> DegradeFn:
-        if name in _DEGRADATIONS:
-            raise ValueError(f"degradation {name!r} is registered twice")
         if len(values) != LEVELS:
             raise ValueError(f"degradation {name!r} has {len(values)} level values: expected {LEVELS}")
-        _DEGRADATIONS[name] = Degradation(name, description, parameter, tuple(values), fn)
+        add_once(_DEGRADATIONS, name, Degradation(name, description, parameter, tuple(values), fn), "degradation")
         return fn
 
     return decorate
@@ -66,9 +65,7 @@ def list_degradations() -> list[str]:
 
 def get_degradation(name: str) -> Degradation:
     """A registered family by name, or a UsageError listing the known ones."""
-    if name not in _DEGRADATIONS:
-        raise UsageError(f"unknown degradation {name!r}: expected one of {', '.join(_DEGRADATIONS)}")
-    return _DEGRADATIONS[name]
+    return lookup(_DEGRADATIONS, name, "degradation")
 
 
 def degrade(image: ImageLike, name: str, level: int, seed: int = 0) -> np.ndarray:

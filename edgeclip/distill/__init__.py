@@ -6,8 +6,7 @@ Modules by job: config (settings), batches (data and the batch stream), kd_targe
 against), loop (`train`), evaluate (zero-shot top-1), checkpoint (the run folder), shards/tario (the data).
 """
 
-from typing import Any
-
+from edgeclip._compat import renamed
 from edgeclip.distill.augment import AugmentConfig, AugmentParams, apply_params, sample_params
 from edgeclip.distill.config import DistillConfig
 from edgeclip.distill.kd_targets import list_losses
@@ -33,13 +32,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """`TrainResult`, the old name of DistillResult, still resolves (with a DeprecationWarning)."""
-    if name == "TrainResult":
-        import warnings
-
-        warnings.warn(
-            "edgeclip.distill.TrainResult is now edgeclip.distill.DistillResult", DeprecationWarning, stacklevel=2
-        )
-        return DistillResult
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed(__name__, "TrainResult", "DistillResult", DistillResult)

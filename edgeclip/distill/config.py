@@ -7,6 +7,7 @@ from typing import Any
 
 from edgeclip.distill.augment import AugmentConfig
 from edgeclip.distill.kd_targets import get_kd_targets, list_losses
+from edgeclip.distill.tario import check_pattern
 from edgeclip.errors import UsageError
 
 LOSSES = tuple(list_losses())
@@ -65,6 +66,7 @@ class DistillConfig:
             raise UsageError("--captions (extra captions per image) applies to --loss clip on an image source only")
         if self.eval_every and not self.eval:
             raise UsageError("--eval-every needs --eval (a labelled split, e.g. shapes:eval:500)")
+        check_pattern(str(self.data))  # a runaway brace pattern fails now, not after the student and teachers load
 
     @property
     def kd_lambda(self) -> float:

@@ -38,6 +38,20 @@ SCHEMA_MAJOR = 1
 SCHEMA_VERSION = "1.0"
 
 
+# Every manifest field that decides the shards' contents: equal on all of these, interchangeable shards.
+_IDENTITY_KEYS = (
+    "teachers",
+    "augmentations",
+    "synthetic_captions",
+    "image_source",
+    "samples",
+    "samples_per_shard",
+    "augment",
+    "captioner",
+    "seed",
+)
+
+
 @dataclass(frozen=True)
 class DatasetManifest:
     """What a reinforced dataset holds and how it was made; shards and students are checked against it."""
@@ -73,19 +87,8 @@ class DatasetManifest:
 
     def identity(self) -> str:
         """Digest of everything that decides the shards' contents: equal digests, interchangeable shards."""
-        keys = (
-            "teachers",
-            "augmentations",
-            "synthetic_captions",
-            "image_source",
-            "samples",
-            "samples_per_shard",
-            "augment",
-            "captioner",
-            "seed",
-        )
         d = self.to_dict()
-        blob = json.dumps({k: d[k] for k in keys}, sort_keys=True)
+        blob = json.dumps({k: d[k] for k in _IDENTITY_KEYS}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,22 +165,7 @@ class DatasetManifest:
 
 def _describe_difference(a: DatasetManifest, b: DatasetManifest) -> str:
     da, db = a.to_dict(), b.to_dict()
-    keys = [
-        k
-        for k in (
-            "teachers",
-            "augmentations",
-            "synthetic_captions",
-            "image_source",
-            "samples",
-            "samples_per_shard",
-            "augment",
-            "captioner",
-            "seed",
-        )
-        if da[k] != db[k]
-    ]
-    return ", ".join(keys)
+    return ", ".join(k for k in _IDENTITY_KEYS if da[k] != db[k])
 
 
 # --- writing --------------------------------------------------------------------------------------------

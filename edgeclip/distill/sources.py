@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from edgeclip.data.images import IMAGE_EXTENSIONS, list_images, load_image
+from edgeclip.data.jsonl import iter_json_objects
 from edgeclip.distill.tario import Member, TarReader, index_tar, shard_paths
 from edgeclip.errors import DatasetError, ImageError, UsageError
 
@@ -271,18 +272,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         return [(n + 2, dict(row)) for n, row in enumerate(reader)]
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-        rows.append((n, row))
-    return rows
+    return list(iter_json_objects(path, text.splitlines()))
 
 
 def _pick(row: dict, keys: tuple[str, ...]) -> str | None:

@@ -37,14 +37,19 @@ def pattern_count(pattern: str) -> int:
     return count
 
 
-def expand_pattern(pattern: str) -> list[str]:
-    """Brace-expand a shard pattern, leftmost group first as a shell does: `s/{00000..00099}.tar`, `{a,b}.tar`."""
+def check_pattern(pattern: str) -> None:
+    """Refuse a brace pattern naming more than MAX_PATTERN_PATHS files, cheaply: callers check before slow work."""
     if pattern_count(pattern) > MAX_PATTERN_PATHS:
         shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
         raise DatasetError(
             f"shard pattern {shown!r} names more than {MAX_PATTERN_PATHS:,} files: expected at most that many "
             "(check the braces)"
         )
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """Brace-expand a shard pattern, leftmost group first as a shell does: `s/{00000..00099}.tar`, `{a,b}.tar`."""
+    check_pattern(pattern)
     return _expand(pattern)
 
 

@@ -8,7 +8,6 @@ and records every teacher's own fixed logit scale. Synthetic captions come from 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edgeclip.data.jsonl import iter_json_objects
 from edgeclip.distill.augment import AugmentParams, apply_params, to_tensor
 from edgeclip.errors import DatasetError, RuntimeUnavailable, UsageError
 
@@ -191,14 +191,8 @@ class CaptionsFile:
         self.path = path
         self.name = f"file:{path.name}"
         self.by_uid: dict[str, list[str]] = {}
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-            captions = row.get("captions", row.get("syn_text")) if isinstance(row, dict) else None
+        for n, row in iter_json_objects(path, path.read_text(encoding="utf-8").splitlines()):
+            captions = row.get("captions", row.get("syn_text"))
             if "uid" not in row or not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
                 raise DatasetError(f'{path} line {n}: expected {{"uid": ..., "captions": [strings]}}')
             self.by_uid[str(row["uid"])] = captions

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edgeclip._registry import add_once
 from edgeclip.errors import UsageError
 from edgeclip.precision.rewrites import GraphIndex
 
@@ -90,9 +91,7 @@ RECIPES: dict[str, QuantRecipe] = {}
 
 def register_recipe(recipe: QuantRecipe) -> QuantRecipe:
     """Add a recipe to the registry; names are unique."""
-    if recipe.name in RECIPES:
-        raise ValueError(f"quantization recipe {recipe.name!r} is registered twice")
-    RECIPES[recipe.name] = recipe
+    add_once(RECIPES, recipe.name, recipe, "quantization recipe")
     return recipe
 
 

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 from edgeclip.data.images import ImageLike, image_list
 from edgeclip.errors import BundleError
 from edgeclip.runtimes.backends import Backend, RuntimeOptions, backend_for_target
-from edgeclip.runtimes.checksums import DIGESTS, sha256_file, sha256_path, umask_mode
+from edgeclip.runtimes.checksums import DIGESTS, atomic_output, sha256_file, sha256_path
 from edgeclip.runtimes.heads import HEADS_DIR, Head, check_head_name
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec
 from edgeclip.runtimes.preprocess import preprocess
@@ -63,15 +62,8 @@ def _bundle_lock(root: Path) -> Iterator[None]:
 
 def write_file_atomically(path: Path, data: bytes) -> None:
     """Write through a temporary file beside `path` and rename it into place, with the mode the umask gives."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 class Bundle:

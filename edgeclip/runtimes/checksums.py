@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SETTLE_NS = 2_000_000_000
@@ -92,3 +95,21 @@ def umask_mode(default: int = 0o666) -> int:
         mask = os.umask(0o022)
         os.umask(mask)
     return default & ~mask
+
+
+@contextmanager
+def atomic_output(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside `path` to write; renamed into place with the umask's mode if the block ends well.
+
+    Readers never see half a file, and the result is shared like any file `open()` makes (mkstemp makes 0600).
+    The temporary file is removed on any failure, KeyboardInterrupt included.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

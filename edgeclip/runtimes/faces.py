@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from edgeclip._registry import add_once
 from edgeclip.data.images import ImageLike, load_image
 from edgeclip.errors import RuntimeUnavailable, UsageError
 
@@ -64,9 +65,7 @@ def register_face_detector(name: str) -> Callable[[DetectorFactory], DetectorFac
     """Class decorator adding a face detector (built from a minimum face size) to the registry."""
 
     def decorate(factory: DetectorFactory) -> DetectorFactory:
-        if name in _DETECTORS:
-            raise ValueError(f"face detector {name!r} is registered twice")
-        _DETECTORS[name] = factory
+        add_once(_DETECTORS, name, factory, "face detector")
         return factory
 
     return decorate

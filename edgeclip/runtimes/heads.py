@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeclip.errors import BundleError, UsageError
-from edgeclip.runtimes.checksums import umask_mode
+from edgeclip.runtimes.checksums import atomic_output
 
 if TYPE_CHECKING:
     from edgeclip.runtimes.bundle import Bundle
@@ -151,15 +149,8 @@ class Head:
             arrays["adapter_weight"] = self.adapter_weight.astype(np.float32)
             arrays["adapter_bias"] = self.adapter_bias.astype(np.float32)
             arrays["adapter_alpha"] = np.array(self.adapter_alpha, dtype=np.float64)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.chmod(tmp, umask_mode())  # mkstemp makes 0600; a head is shared like any other bundle file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
         return path
 
     @classmethod

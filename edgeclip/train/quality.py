@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -44,6 +42,7 @@ from PIL import Image
 from edgeclip.data.degradations import LEVELS, colourfulness, degrade, get_degradation, list_degradations
 from edgeclip.data.images import expand_image_paths, load_image
 from edgeclip.errors import ImageError, UsageError
+from edgeclip.runtimes.checksums import atomic_output
 from edgeclip.runtimes.quality import OVERALL, QUALITY_ATTRIBUTES, Attribute
 
 # Which attribute pair (besides the overall one) each degradation family trains.
@@ -285,15 +284,9 @@ def save_checkpoint(model: torch.nn.Module, path: Path, metadata: dict[str, str]
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_output(path) as tmp:  # the umask's mode, like every other output (mkstemp alone makes 0600)
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 

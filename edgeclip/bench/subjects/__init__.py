@@ -9,14 +9,13 @@ its opener; `open_subject` loads the package's modules with pkgutil and never na
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PIL import Image
 
+from edgeclip._registry import add_once, import_submodules
 from edgeclip.bench.latency import Stage
 from edgeclip.bench.results import ModelIdentity
 from edgeclip.errors import UsageError
@@ -63,9 +62,7 @@ def register_subject(kind: str) -> Callable[[Opener], Opener]:
     """Decorator adding an opener for a kind of subject; a second opener of the same kind is refused."""
 
     def decorate(fn: Opener) -> Opener:
-        if kind in _OPENERS:
-            raise ValueError(f"bench subject kind {kind!r} is registered twice")
-        _OPENERS[kind] = fn
+        add_once(_OPENERS, kind, fn, "bench subject kind")
         return fn
 
     return decorate
@@ -76,8 +73,7 @@ def load_subjects() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        for module in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
-            importlib.import_module(module.name)
+        import_submodules(__name__, __path__)
 
 
 def open_subject(kind: str, source: Mapping[str, Any], options: RuntimeOptions) -> Subject:

@@ -30,7 +30,8 @@ def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
     from edgeclip.runtimes.bundle import load_bundle, size_path
     from edgeclip.runtimes.preprocess import preprocess
 
-    bundle = load_bundle(Path(source["path"]), providers=options.providers, threads=options.threads)
+    verify = bool(source.get("verify", True))  # False: `bench --no-verify`
+    bundle = load_bundle(Path(source["path"]), providers=options.providers, threads=options.threads, verify=verify)
     m = bundle.manifest
 
     def build_stages(image: Image.Image, text: str, head: Head, batch: int) -> dict[str, Stage]:

@@ -9,8 +9,6 @@ target in another installed package plugs in there, without editing edgeclip).
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -18,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeclip._registry import add_once, import_submodules
 from edgeclip.errors import UsageError
 from edgeclip.export.target_options import NoOptions, TargetOptions, parse_options
 
@@ -130,9 +129,7 @@ def register_target(spec: TargetSpec, validate: ValidateFn | None = None) -> Cal
     """Decorator adding a target's export function (and its extra checks) to the registry; no duplicate names."""
 
     def decorate(fn: ExportFn) -> ExportFn:
-        if spec.name in _TARGETS:
-            raise ValueError(f"export target {spec.name!r} is registered twice")
-        _TARGETS[spec.name] = Target(spec, fn, validate)
+        add_once(_TARGETS, spec.name, Target(spec, fn, validate), "export target")
         return fn
 
     return decorate
@@ -147,8 +144,7 @@ def load_targets(refresh: bool = False) -> None:
     if _loaded and not refresh:
         return
     _loaded = True
-    for module in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
-        importlib.import_module(module.name)
+    import_submodules(__name__, __path__)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry.load()

@@ -7,8 +7,6 @@ import their runtime libraries lazily, so loading them all stays light.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edgeclip._registry import add_once, import_submodules
 from edgeclip.errors import UsageError
 from edgeclip.runtimes.manifest import EncoderSpec
 
@@ -59,17 +58,14 @@ def load_backends() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        for module in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
-            importlib.import_module(module.name)
+        import_submodules(__name__, __path__)
 
 
 def register_backend(name: str, *, targets: Sequence[str]) -> Callable[[BackendFactory], BackendFactory]:
     """Class decorator adding a backend to the registry; a second backend of the same name is refused."""
 
     def decorate(factory: BackendFactory) -> BackendFactory:
-        if name in _BACKENDS:
-            raise ValueError(f"backend {name!r} is registered twice")
-        _BACKENDS[name] = BackendInfo(name, tuple(targets), factory)
+        add_once(_BACKENDS, name, BackendInfo(name, tuple(targets), factory), "backend")
         return factory
 
     return decorate

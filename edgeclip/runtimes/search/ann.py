@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgeclip._registry import add_once, lookup
 from edgeclip.errors import UsageError
 from edgeclip.runtimes.search.store import load_vectors
 
@@ -51,9 +52,7 @@ _KINDS: dict[str, type] = {}
 
 def register_ann(cls: type) -> type:
     """Class decorator: add an approximate index kind to the registry (names are unique)."""
-    if cls.name in _KINDS:
-        raise ValueError(f"approximate index {cls.name!r} is already registered")
-    _KINDS[cls.name] = cls
+    add_once(_KINDS, cls.name, cls, "approximate index")
     return cls
 
 
@@ -62,9 +61,7 @@ def list_ann() -> list[str]:
 
 
 def get_ann(name: str) -> Any:
-    if name not in _KINDS:
-        raise UsageError(f"unknown approximate index {name!r}: expected one of {', '.join(list_ann())}")
-    return _KINDS[name]
+    return lookup(_KINDS, name, "approximate index", list_ann())
 
 
 def default_ann() -> Any | None:

@@ -8,13 +8,13 @@ shapes world in memory (default ``shapes:eval:1000:64``).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeclip.data.images import ImageLike, load_image
+from edgeclip.data.jsonl import iter_json_objects
 from edgeclip.errors import DatasetError, ImageError, UsageError
 from edgeclip.metrics.retrieval import DEFAULT_KS, retrieval_recall
 from edgeclip.runtimes.search.store import STORAGES, decode_vectors, encode_vectors
@@ -71,14 +71,8 @@ def read_caption_set(source: str | os.PathLike) -> CaptionSet:
     out = CaptionSet(path.name)
     where: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path} line {number} is not JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+        for number, record in iter_json_objects(path, f):
+            if not isinstance(record.get("image"), str):
                 raise DatasetError(f'{path} line {number}: expected an object with an "image" path')
             captions = record.get("captions", [record["caption"]] if "caption" in record else None)
             if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c for c in captions):
