@@ -130,7 +130,7 @@ def _print_liveness(results: list[LivenessResult], min_face: int, as_json: bool)
         for i, face in enumerate(r.faces):
             name = r.source if i == 0 else ""
             verdict = "LIVE" if face.is_live else "ATTACK"
-            top = max(face.species_probabilities, key=face.species_probabilities.get)
+            top = max(face.species_probabilities, key=lambda s: face.species_probabilities[s])
             box = face.box
             click.echo(
                 f"{name:<{width}}  {verdict:<6} P(bona fide) {face.live_probability:.3f}  top: {top} "

@@ -47,10 +47,10 @@ class ApproximateIndex(Protocol):
     def params(self) -> dict[str, Any]: ...
 
 
-_KINDS: dict[str, type] = {}
+_KINDS: dict[str, type[ApproximateIndex]] = {}
 
 
-def register_ann(cls: type) -> type:
+def register_ann(cls: type[ApproximateIndex]) -> type[ApproximateIndex]:
     """Class decorator: add an approximate index kind to the registry (names are unique)."""
     add_once(_KINDS, cls.name, cls, "approximate index")
     return cls

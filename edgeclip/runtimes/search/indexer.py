@@ -120,6 +120,13 @@ class _Prepared:
     action: str  # "embed", "reuse" or "touch"
 
 
+def _pixels_of(item: _Prepared) -> np.ndarray:
+    """The pixels of a photo staged for the encoder (only "embed" rows are staged, and those carry pixels)."""
+    if item.pixels is None:
+        raise RuntimeError(f"{item.path} was staged for the encoder without pixels")
+    return item.pixels
+
+
 @dataclass(frozen=True)
 class _Failed:
     path: str
@@ -318,7 +325,7 @@ def _run_pipeline(
         if not pending:
             return
         t = time.perf_counter()
-        vectors = embed_pixels(bundle, np.stack([p.pixels for p in pending]))
+        vectors = embed_pixels(bundle, np.stack([_pixels_of(p) for p in pending]))
         report.embed_seconds += time.perf_counter() - t
         staged.extend(zip(pending, encode_vectors(vectors, report.storage), strict=True))
         pending = []
@@ -379,7 +386,9 @@ def _upsert_photo(db: sqlite3.Connection, item: _Prepared, width: int | None = N
         "INSERT INTO photos (path, size, mtime_ns, sha256, width, height, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (item.path, *values),
     )
-    return int(cur.lastrowid)
+    if cur.lastrowid is None:  # sqlite3 sets it after every INSERT; None would be a driver bug
+        raise RuntimeError(f"sqlite gave no row id for {item.path}")
+    return cur.lastrowid
 
 
 def _write_other(db: sqlite3.Connection, item: Any, report: IndexReport) -> None:

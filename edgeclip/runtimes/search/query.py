@@ -247,7 +247,8 @@ class PhotoIndex:
         return self._ann[1]
 
     def _filter_ids(self, glob: str | None, lo: int | None, hi: int | None) -> np.ndarray:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[str | int] = []
         if glob is not None:
             clauses.append("path GLOB ?")
             args.append(glob)
