@@ -229,6 +229,20 @@ def test_reader_refuses_foreign_shards_and_skips_corrupt_samples(shards: Path, t
     assert reader.read(4).image_emb.shape == (3, 128)
 
 
+def test_random_coca_weights_are_the_same_whatever_memory_held_before() -> None:
+    """open_clip leaves CoCa's decoder text_projection as torch.empty: seeded random weights must not read garbage."""
+    from edgeclip.models.loading import load_model
+
+    first = load_model("EdgeCLIP-CoCa-Tiny", random_init=True, seed=0).model.state_dict()
+    shape = first["text_decoder.text_projection"].shape
+    for _ in range(4):  # freed NaN-filled blocks: what an uninitialized tensor of that size would be handed next
+        _nan = torch.full(shape, float("nan"))
+        del _nan
+        again = load_model("EdgeCLIP-CoCa-Tiny", random_init=True, seed=0).model.state_dict()
+        assert all(torch.isfinite(v).all() for v in again.values() if v.is_floating_point())
+        assert all(torch.equal(first[k], again[k]) for k in first)
+
+
 def test_a_coca_captioner_writes_sampled_synthetic_captions(teacher_files, tmp_path: Path) -> None:
     """The real open_clip CoCa generate path (random weights, so the words are random, but sampled and stored)."""
     captioner = write_random_checkpoint(tmp_path / "coca.safetensors", "EdgeCLIP-CoCa-Tiny", 0)
@@ -242,6 +256,22 @@ def test_a_coca_captioner_writes_sampled_synthetic_captions(teacher_files, tmp_p
     assert len(syn) == 2 and all(isinstance(c, str) and c for c in syn)
     assert syn[0] != syn[1]  # top-p sampling: two draws, two captions
     assert reader.read(0).text_emb.shape == (3, 64)
+
+
+def test_a_captioner_giving_nan_probabilities_is_named_in_one_line(teacher_files, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from edgeclip.errors import ModelError
+
+    path = write_random_checkpoint(tmp_path / "nan.safetensors", "EdgeCLIP-CoCa-Tiny", 0)
+    weights = load_file(str(path))
+    weights["text_decoder.text_projection"].fill_(float("nan"))
+    save_file(weights, str(path))
+    with pytest.raises(ModelError, match=r"^captioner EdgeCLIP-CoCa-Tiny:nan.safetensors gave non-finite"):
+        reinforce(
+            "shapes:train:1", [f"{TEACHER}:{teacher_files[0]}"], tmp_path / "s", augmentations=1, synthetic_captions=1,
+            captioner=f"EdgeCLIP-CoCa-Tiny:{path}",
+        )  # fmt: skip
 
 
 def test_a_shard_cut_at_any_tar_block_boundary_has_every_promised_sample_read_or_reported(

@@ -74,12 +74,12 @@ def build_student(config: DistillConfig):
     """The student open_clip model in train mode: seeded random init, or weights from --pretrained."""
     import open_clip
 
-    from edgeclip.models.loading import check_architecture, load_weights
+    from edgeclip.models.loading import check_architecture, init_left_empty, load_weights
 
     arch = check_architecture(config.model)
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        model = open_clip.create_model(arch, pretrained=None)
+        model = init_left_empty(open_clip.create_model(arch, pretrained=None))
     if config.pretrained:
         load_weights(model, Path(config.pretrained), arch)
     return arch, model.train()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from edgeclip.data.jsonl import iter_json_objects
 from edgeclip.distill.augment import AugmentParams, apply_params, to_tensor
-from edgeclip.errors import DatasetError, RuntimeUnavailable, UsageError
+from edgeclip.errors import DatasetError, ModelError, RuntimeUnavailable, UsageError
 
 
 @dataclass(frozen=True)
@@ -172,9 +172,16 @@ class CocaCaptioner:
         for _ in range(count):
             with torch.random.fork_rng():
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-                tokens = self.model.generate(
-                    x, generation_type="top_p", top_p=self.top_p, seq_len=self.max_tokens, fixed_output_length=False
-                )
+                try:
+                    tokens = self.model.generate(
+                        x, generation_type="top_p", top_p=self.top_p, seq_len=self.max_tokens, fixed_output_length=False
+                    )
+                except RuntimeError as e:  # torch.multinomial's refusal of NaN / inf probabilities
+                    if "probability tensor contains" not in str(e):
+                        raise
+                    raise ModelError(
+                        f"captioner {self.name} gave non-finite token probabilities: do its weights hold NaN or inf?"
+                    ) from e
             for i, row in enumerate(tokens):
                 text = self._decode(row).split("<end_of_text>")[0].replace("<start_of_text>", "").strip()
                 out[i].append(text)

@@ -198,9 +198,24 @@ def _unweighted(architecture: str) -> ClipModel:
     notice = _DropRandomInitNotice()
     logging.getLogger().addFilter(notice)
     try:
-        return open_clip.create_model(architecture, pretrained=None)
+        return init_left_empty(open_clip.create_model(architecture, pretrained=None))
     finally:
         logging.getLogger().removeFilter(notice)
+
+
+def init_left_empty(model: ClipModel) -> ClipModel:
+    """Draw, from the current RNG, the weights open_clip leaves as `torch.empty` memory; returns `model`.
+
+    open_clip never calls CoCa's `MultimodalTransformer.init_parameters` (which would fail: open_clip PR #551), so
+    its decoder's `text_projection` holds whatever memory it was given: random weights differ run to run, sometimes
+    NaN. It is drawn as that method means to; every other weight keeps the init open_clip gives it.
+    """
+    decoder = getattr(model, "text_decoder", None)
+    projection = getattr(decoder, "text_projection", None)
+    if isinstance(projection, nn.Parameter):
+        with torch.no_grad():
+            nn.init.normal_(projection, std=projection.shape[0] ** -0.5)  # the decoder's width
+    return model
 
 
 def load_model(
