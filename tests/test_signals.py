@@ -59,7 +59,9 @@ def one_line(stderr: str, signame: str) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the command start")
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)]
+)
 def test_export_interrupted_leaves_no_staging_and_the_old_bundle(tiny_bundle: Path, tmp_path: Path, signum, code):
     out = tmp_path / "model.edgeclip"
     shutil.copytree(tiny_bundle, out)
@@ -110,6 +112,7 @@ def test_calibrate_interrupted_keeps_the_old_set(tiny_bundle: Path, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "images"]
 
 
+@pytest.mark.slow  # trains nothing, but loads torch and a teacher in a subprocess: 14 s
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the command start")
 def test_reinforce_interrupted_leaves_no_partial_shard(tmp_path: Path) -> None:
     teacher = write_random_checkpoint(tmp_path / "teacher.safetensors", TINY, seed=1)
