@@ -19,6 +19,7 @@ from edgeclip.cli import (
     quiet_option,
     show_progress,
 )
+from edgeclip.runtimes.placement import DEFAULT_MIN_DELEGATED, Placement
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -147,6 +148,19 @@ def preprocess_overrides(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle at --output.")
 @preprocess_overrides
 @click.option("--opset", type=click.IntRange(min=17), help="ONNX opset (default: the target's choice).")
+@click.option(
+    "--require-delegate",
+    is_flag=True,
+    help="Fail when an encoder's accelerated delegate takes less than --min-delegated of its ops, or when the "
+    "runtime cannot tell (default: warn, naming the ops left outside).",
+)
+@click.option(
+    "--min-delegated",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_MIN_DELEGATED,
+    show_default=True,
+    help="Share of each encoder's ops its delegate must take (see `edgeclip info --placement`).",
+)
 # The target options (--compress, --calibration, --max-batch, ...) follow, generated from the targets' declarations.
 @quiet_option
 @json_option
@@ -160,6 +174,8 @@ def export(
     force: bool,
     preprocess: dict[str, Any],
     opset: int | None,
+    require_delegate: bool,
+    min_delegated: float,
     quiet: bool,
     as_json: bool,
     **target_flags: Any,
@@ -177,13 +193,14 @@ def export(
       edgeclip export -m MobileCLIP2-S0 -p ckpt.safetensors -t tensorrt --precision fp16 --max-batch 32 -o trt.edgeclip
       edgeclip export -m MobileCLIP2-S0 -p ckpt.safetensors -t tensorrt --precision int8 --calibration calib.npz \
         --onnx-only -o trt-ready.edgeclip
+      edgeclip export -m MobileCLIP2-S0 --random-init --require-delegate --min-delegated 0.95 -o mc2s0.edgeclip
     """
     from edgeclip.export import export_bundle
     from edgeclip.runtimes.bundle import size_path
 
     # Parsed once here, by the target's own declaration; the library gets the typed object.
     options = target_options_from_flags(target, precision, target_flags)
-    bar = _StepBar(enabled=show_progress(quiet), total=7)
+    bar = _StepBar(enabled=show_progress(quiet), total=8)
     with bar:
         result = export_bundle(
             model,
@@ -196,6 +213,8 @@ def export(
             opset=opset,
             target_options=options,
             force=force,
+            require_delegate=require_delegate,
+            min_delegated=min_delegated,
             on_step=bar.step,
         )
     if as_json:
@@ -213,6 +232,9 @@ def export(
             else "parity not measured here"
         )
         click.echo(f"  {role:<5} {enc.file:<24} {size:8.1f} MB  {parity}")
+        placed = m.target_info.get("placement", {}).get(role)
+        if placed:
+            click.echo(f"  {'':<5} placement: {Placement.from_dict(placed).summary()}")
     gate = (m.calibration or {}).get("gate")
     if gate:
         click.echo(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,9 +20,10 @@ from edgeclip.export.options import Encoders, ExportOptions
 from edgeclip.export.target_options import TargetOptions
 from edgeclip.export.targets import get_target, list_targets
 from edgeclip.metrics.parity import PARITY_FLOORS
-from edgeclip.runtimes.backends import RuntimeOptions, backend_for_target
+from edgeclip.runtimes.backends import Backend, RuntimeOptions, backend_for_target
 from edgeclip.runtimes.bundle import sha256_path
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec, SourceModel
+from edgeclip.runtimes.placement import DEFAULT_MIN_DELEGATED, Placement, coverage_problem, placement_of
 
 __all__ = ["ExportResult", "export_bundle", "list_targets"]
 
@@ -162,6 +164,36 @@ def _check_runs(encoders: Encoders, architecture: str, image_size: tuple[int, in
             raise ExportError(f"{architecture} {role} encoder cannot run{where}: {detail}") from None
 
 
+def _check_placement(
+    runners: Mapping[str, Backend | None], backend: str, require: bool, min_delegated: float
+) -> dict[str, Any]:
+    """Each written encoder's op placement as its runner reports it, for the manifest; warn or fail on low coverage."""
+    recorded: dict[str, Any] = {}
+    problems = []
+    for role, runner in runners.items():
+        try:
+            found: Placement | None = placement_of(runner) if runner is not None else None
+        except RuntimeUnavailable as e:
+            found, why = None, str(e)
+        else:
+            why = f"backend {backend} does not report op placement" if runner is not None else "it cannot run here"
+        if found is None:
+            if require:
+                raise ExportError(
+                    f"--require-delegate: the {role} encoder's delegate coverage cannot be checked: {why}"
+                )
+            continue
+        recorded[role] = found.to_dict()
+        problem = coverage_problem(role, found, min_delegated)
+        if problem:
+            problems.append(problem)
+    if problems and require:
+        raise ExportError("--require-delegate: " + "; ".join(problems))
+    for problem in problems:
+        warnings.warn(f"low delegate coverage: {problem}", stacklevel=3)
+    return recorded
+
+
 def export_bundle(
     model: str,
     pretrained: str | None = None,
@@ -174,6 +206,9 @@ def export_bundle(
     opset: int | None = None,
     target_options: TargetOptions | Mapping[str, Any] | None = None,
     force: bool = False,
+    require_delegate: bool = False,
+    min_delegated: float = DEFAULT_MIN_DELEGATED,
+    golden: bool = True,
     on_step: StepCallback | None = None,
 ) -> ExportResult:
     """Load, reparameterize, split and convert a CLIP model, check parity, and write a bundle atomically.
@@ -181,6 +216,11 @@ def export_bundle(
     `precision` None means the target's default. `target_options` is the target's typed options object (e.g.
     `OnnxOptions(dynamic=True)`), or strings or values by key (`{"dynamic": True}`) parsed by the same one parser
     as CLI flags and bench items; either is checked (see `edgeclip targets`) before the model is loaded.
+
+    After parity, the backend that ran each written file reports its op placement (recorded in the manifest): an
+    encoder whose delegate takes less than `min_delegated` of its ops warns naming the ops left outside, or fails
+    the export with `require_delegate` (which also fails where the placement cannot be told). `golden` writes the
+    known-answer set for app ports (golden/, docs/ports.md).
     """
     import torch
 
@@ -205,6 +245,8 @@ def export_bundle(
     # Validate everything the user asked for before any heavy work.
     exporter = get_target(target)
     precision = exporter.precision(precision)
+    if not 0.0 <= min_delegated <= 1.0:
+        raise UsageError(f"min_delegated is {min_delegated}: expected a fraction from 0 to 1")
     architecture = check_architecture(model)
     output = Path(output)
     _check_output(output, force)
@@ -263,8 +305,10 @@ def export_bundle(
         batches = {"image": pixels, "text": tokens}
         encoder_specs = {}
         parity_skipped = None
+        runners: dict[str, Backend | None] = {}
         for role, file in (("image", files.image), ("text", files.text)):
             draft = EncoderSpec(file.file, sha256_path(staging / file.file), file.inputs, file.outputs)
+            runners[role] = None
             try:
                 runner = backend.factory(staging / file.file, draft, RuntimeOptions())
             except RuntimeUnavailable as e:
@@ -272,6 +316,7 @@ def export_bundle(
                 parity_skipped = str(e)
                 encoder_specs[role] = draft
                 continue
+            runners[role] = runner
             report = parity.measure(reference[role], runner, file.inputs[0].name, batches[role], PARITY_REFERENCE)
             if report.min_cosine < options.min_cosine:
                 raise ExportError(
@@ -279,7 +324,15 @@ def export_bundle(
                     f"over {report.samples} samples (max abs diff {report.max_abs_diff:.2e})"
                 )
             encoder_specs[role] = EncoderSpec(draft.file, draft.sha256, draft.inputs, draft.outputs, report)
+        placement = _check_placement(runners, backend.name, require_delegate, min_delegated)
         lap("parity")
+
+        if golden:
+            from edgeclip.export.golden import write_golden
+
+            step("writing golden files for app ports")
+            write_golden(staging, encoders, files, tokenizer, runners, backend.name)
+            lap("golden")
 
         with torch.no_grad():
             embed_dim = int(encoders.image(encoders.image_example[:1]).shape[-1])
@@ -301,6 +354,7 @@ def export_bundle(
                 **({"options": used.to_dict()} if isinstance(used, TargetOptions) and used.to_dict() else {}),
                 "exported_with": _software_versions(),
                 **({"parity_skipped": parity_skipped} if parity_skipped else {}),
+                **({"placement": placement} if placement else {}),
             },
             checksums=_file_checksums(staging, encoder_specs),
         )

@@ -87,7 +87,11 @@ class PreprocessSpec:
 
 def preprocess_image(image: ImageLike, spec: PreprocessSpec) -> np.ndarray:
     """Resize, crop and normalise one image exactly as open_clip would: float32 [3, H, W] (or [H, W, 3])."""
-    rgb = load_image(image)
+    return normalize(resize_and_crop(load_image(image), spec), spec)
+
+
+def resize_and_crop(rgb: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """The resize and crop (or pad) steps on a decoded RGB image: uint8 [H, W, 3] of spec.image_size."""
     width, height = rgb.size
     new_height, new_width, interpolation = _resize_plan(height, width, spec)
     if (new_height, new_width) != (height, width):
@@ -96,6 +100,11 @@ def preprocess_image(image: ImageLike, spec: PreprocessSpec) -> np.ndarray:
     if spec.resize_mode != "squash":
         fill = spec.fill_color if spec.resize_mode == "longest" else 0
         pixels = _center_crop_or_pad(pixels, spec.image_size, fill)
+    return pixels
+
+
+def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Last step: uint8 [H, W, 3] RGB to float32 ``(x / 255 - mean) / std`` in the spec's channel order and layout."""
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
     out = (pixels.astype(np.float32) / np.float32(255.0) - mean) / std

@@ -19,11 +19,16 @@ import numpy as np
 from edgeclip.errors import BundleError, RuntimeUnavailable, UsageError
 from edgeclip.runtimes.backends import RuntimeOptions, register_backend
 from edgeclip.runtimes.manifest import EncoderSpec, TensorSpec
+from edgeclip.runtimes.placement import Placement, from_assignment
 
 METADATA_PREFIX = "edgeclip."
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
 # RuntimeOptions.providers for this backend: coremltools' compute units.
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
+# The accelerated device a placement report counts for each choice of compute units (the others are fallback).
+DELEGATE_DEVICE = {"ALL": "NeuralEngine", "CPU_AND_NE": "NeuralEngine", "CPU_AND_GPU": "GPU", "CPU_ONLY": "CPU"}
+# Ops that hold data or names and run on no device; the compute plan gives them no device usage.
+_NOT_RUN = frozenset({"const"})
 
 
 def pixels_to_images(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> list:
@@ -67,6 +72,8 @@ class CoreMLBackend:
     mean: Sequence[float]
     std: Sequence[float]
 
+    units: str
+
     def __init__(self, path: Path, encoder: EncoderSpec, options: RuntimeOptions) -> None:
         if sys.platform != "darwin":
             raise RuntimeUnavailable(
@@ -82,6 +89,7 @@ class CoreMLBackend:
             import coremltools as ct
         except ImportError:
             raise UsageError("CoreML bundles need coremltools: pip install coremltools") from None
+        self.units = units[0]
         try:
             self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units[0]))
         except Exception as e:  # coremltools raises its own and Foundation's errors when compiling fails
@@ -112,3 +120,38 @@ class CoreMLBackend:
             result = self.model.predict({self.input.name: chunk})[self.output_name]
             out.append(np.asarray(result, np.float32)[: stop - start])
         return [np.concatenate(out)]
+
+    def placement(self) -> Placement:
+        """The compute plan (macOS 14.4+): the device CoreML prefers for each operation of the main function."""
+        try:
+            import coremltools as ct
+            from coremltools.models.compute_plan import MLComputePlan
+
+            plan = MLComputePlan.load_from_path(
+                path=self.model.get_compiled_model_path(), compute_units=getattr(ct.ComputeUnit, self.units)
+            )
+        except Exception as e:  # older macOS or coremltools: no MLComputePlan; Foundation errors while loading
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeUnavailable(f"CoreML gives no compute plan here (needs macOS 14.4+): {first}") from None
+        program = plan.model_structure.program
+        if program is None:
+            raise RuntimeUnavailable("this CoreML model is not an ML Program: it has no per-operation compute plan")
+        assigned = []
+        for op in program.functions["main"].block.operations:
+            if op.operator_name in _NOT_RUN:
+                continue
+            usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+            device = _device_name(usage.preferred_compute_device) if usage is not None else "unknown"
+            assigned.append((device, [op.operator_name]))
+        return from_assignment(
+            "coreml",
+            DELEGATE_DEVICE[self.units],
+            assigned,
+            note=f"MLComputePlan, compute units {self.units}: the device CoreML prefers per op (const ops left out)",
+        )
+
+
+def _device_name(device: Any) -> str:
+    """MLNeuralEngineComputeDevice -> NeuralEngine, MLGPUComputeDevice -> GPU, MLCPUComputeDevice -> CPU."""
+    name = type(device).__name__
+    return name.removeprefix("ML").removesuffix("ComputeDevice") or name

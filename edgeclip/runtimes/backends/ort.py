@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeclip.errors import BundleError, UsageError
+from edgeclip.errors import BundleError, RuntimeUnavailable, UsageError
 from edgeclip.runtimes.backends import RuntimeOptions, register_backend
 from edgeclip.runtimes.manifest import EncoderSpec
+from edgeclip.runtimes.placement import Placement, from_assignment
 
 if TYPE_CHECKING:
     import onnxruntime
 
+# Makes the session keep which execution provider got each node (ONNX Runtime 1.22+), for placement().
+RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 
 
@@ -59,10 +62,10 @@ class OnnxRuntimeBackend:
             raise UsageError(
                 f"execution provider {missing[0]} is not available here: expected one of {', '.join(available)}"
             )
+        opts = session_options(options.threads)
+        opts.add_session_config_entry(RECORD_ASSIGNMENT, "1")  # a list of node names kept after load: no run cost
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(path), sess_options=session_options(options.threads), providers=providers
-            )
+            self.session = onnxruntime.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types, one per failure kind
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BundleError(f"{path} could not be loaded by onnxruntime: {first_line}") from None
@@ -73,3 +76,24 @@ class OnnxRuntimeBackend:
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         feed = {name: np.ascontiguousarray(arr, dtype=self.input_dtypes.get(name)) for name, arr in inputs.items()}
         return self.session.run(self.output_names, feed)
+
+    def placement(self) -> Placement:
+        """Nodes of the optimized graph per execution provider; the delegate is the provider asked for first."""
+        delegate = self.providers[0]
+        try:
+            assigned = self.session.get_provider_graph_assignment_info()
+        except Exception as e:  # AttributeError before onnxruntime 1.22; its own Fail type if not recorded
+            import onnxruntime
+
+            raise RuntimeUnavailable(
+                f"onnxruntime {onnxruntime.__version__} does not report node placement ({e}): upgrade to 1.22 or later"
+            ) from None
+        note = "nodes of the graph after ONNX Runtime's optimizations, as get_provider_graph_assignment_info lists them"
+        if self.providers == ("CPUExecutionProvider",):
+            note += "; CPUExecutionProvider alone: no accelerator provider was asked for"
+        return from_assignment(
+            "onnxruntime",
+            delegate,
+            ((sub.ep_name, [n.op_type for n in sub.get_nodes()]) for sub in assigned),
+            note=note,
+        )
