@@ -43,6 +43,9 @@ ignore them); a major bump breaks readers, so a reader refuses any other major v
                      encoder_images_per_s (index: the whole pipeline, and the image encoder alone on preprocessed
                      batches, same backend), latency (query: LatencyStats of one query at a time, batch 1),
                      recall_at_10 (query: against exact search)
+      placement      (1.2, optional; bundle rows) {role: Placement.to_dict()} as the row's backend reported it:
+                     backend, delegate, total_ops, delegated_ops, fraction, pieces, fallback {op: count}, note; or
+                     {role: {"unavailable": why}} where the backend cannot tell
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from edgeclip.metrics.parity import CosineStats
 from edgeclip.runtimes.checksums import umask_mode
 
 SCHEMA = "edgeclip-bench-results"
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 STATUSES = ("ok", "failed_checks", "export_failed")
 STAGES = ("image", "text", "end_to_end")
 KINDS = ("bundle", "eager")
@@ -290,6 +293,7 @@ class BenchEntry:
     parity: Parity | None = None
     export_s: float | None = None
     search: SearchFigures | None = None
+    placement: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> Placement.to_dict() or unavailable
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -337,6 +341,7 @@ class BenchEntry:
             "parity": self.parity.to_dict() if self.parity else None,
             "export_s": self.export_s,
             **({"search": self.search.to_dict()} if self.search else {}),
+            **({"placement": {role: dict(p) for role, p in self.placement.items()}} if self.placement else {}),
         }
 
     @classmethod
@@ -357,6 +362,9 @@ class BenchEntry:
         parity = _optional(data, "parity")
         export_s = _optional(data, "export_s")
         search = _optional(data, "search")
+        placement = _optional(data, "placement") or {}
+        if not isinstance(placement, dict) or not all(isinstance(v, dict) for v in placement.values()):
+            raise ResultsError(f"{where}.placement is {str(placement)[:60]!r}: expected an object of role -> object")
         try:
             return cls(
                 name=name,
@@ -377,6 +385,7 @@ class BenchEntry:
                 parity=Parity.from_dict(parity, f"{where}.parity") if parity else None,
                 export_s=float(export_s) if isinstance(export_s, (int, float)) else None,
                 search=SearchFigures.from_dict(search, f"{where}.search") if search else None,
+                placement={str(role): dict(p) for role, p in placement.items()},
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise ResultsError(f"{where} ({name}) is malformed: {e}") from None

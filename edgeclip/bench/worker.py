@@ -108,6 +108,7 @@ def measure(request: MeasureRequest, on_stage: Callable[[str], None] | None = No
         subject.encoder.encode_text([text])
         loaded_text = time.perf_counter()
         runtime = subject.runtime()
+        placement = subject.placement()  # the sessions that are timed below, as their runtime placed the ops
 
         head = build_zero_shot_head(subject.encoder, data.class_labels, request.templates)
         stages: dict[str, dict[int, Any]] = {}
@@ -133,6 +134,7 @@ def measure(request: MeasureRequest, on_stage: Callable[[str], None] | None = No
         bundle=subject.bundle,
         status="ok",
         runtime=runtime,
+        placement=placement,
         latency=latency,
         cold_start_ms={
             "image": round((loaded_image - start) * 1e3, 2),

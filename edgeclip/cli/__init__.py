@@ -231,6 +231,7 @@ from edgeclip.cli import bundle as _bundle  # noqa: E402, F401
 from edgeclip.cli import calibrate as _calibrate  # noqa: E402, F401
 from edgeclip.cli import distill as _distill  # noqa: E402, F401
 from edgeclip.cli import export as _export  # noqa: E402, F401
+from edgeclip.cli import port as _port  # noqa: E402, F401
 from edgeclip.cli import search as _search  # noqa: E402, F401
 from edgeclip.cli import tasks as _tasks  # noqa: E402, F401
 

@@ -27,20 +27,49 @@ from edgeclip.cli import (
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check file sha256 sums.")
+@click.option(
+    "--placement",
+    is_flag=True,
+    help="Load each encoder with the runtime (and --provider/--threads/--backend) and show which ops its "
+    "accelerated delegate took and which fell back.",
+)
+@click.option("--backend", help="Runtime backend to load the encoders with for --placement (default: the target's).")
+@runtime_options
 @json_option
-def info(bundle: Path, verify: bool, as_json: bool) -> None:
-    """Show what a bundle holds: model, target, preprocessing, tokenizer, files, parity and heads.
+def info(
+    bundle: Path,
+    verify: bool,
+    placement: bool,
+    backend: str | None,
+    providers: tuple[str, ...],
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Show what a bundle holds: model, target, preprocessing, tokenizer, files, parity, golden files and heads.
 
     \b
-    Example:
+    Examples:
       edgeclip info mc2s0.edgeclip
+      edgeclip info mc2s0.edgeclip --placement --threads 2
     """
     from edgeclip.runtimes import load_bundle
+    from edgeclip.runtimes.golden import load_golden
+    from edgeclip.runtimes.placement import Placement, bundle_placements
 
-    b = load_bundle(bundle, verify=verify)
+    if not placement and (backend or providers or threads):
+        raise click.UsageError("--backend, --provider and --threads choose how --placement loads the encoders: add it")
+    b = load_bundle(bundle, providers=providers or None, threads=threads, backend=backend, verify=verify)
     if verify:
         b.verify()
     summary = b.summary()
+    golden = load_golden(b.path, b.manifest, verify=verify)
+    summary["golden"] = golden.summary() if golden else None
+    placements = bundle_placements(b) if placement else {}
+    if placement:
+        summary["placement"] = {
+            "backend": b.backend_info.name,
+            **{role: p.to_dict() if isinstance(p, Placement) else {"unavailable": p} for role, p in placements.items()},
+        }
     if as_json:
         emit_json(summary)
         return
@@ -68,6 +97,19 @@ def info(bundle: Path, verify: bool, as_json: bool) -> None:
                 f"           parity: min cosine {q.min_cosine:.6f}, mean {q.mean_cosine:.6f}, "
                 f"max abs diff {q.max_abs_diff:.2e} ({q.samples} samples vs {q.reference})"
             )
+    if golden:
+        g = summary["golden"]
+        click.echo(
+            f"golden     {g['images']} images, {g['texts']} texts, {g['size_bytes'] / 1e3:.0f} kB; embeddings from "
+            f"{g['embeddings_from']} (check a port with `edgeclip check-port`)"
+        )
+    else:
+        click.echo("golden     no golden files (written before edgeclip added them; re-export to get them)")
+    for role, placed in placements.items():
+        if isinstance(placed, Placement):
+            click.echo(f"placement  {role:<6} {b.backend_info.name} · {placed.summary()}")
+        else:
+            click.echo(f"placement  {role:<6} not reported: {placed}")
     click.echo(f"heads      {', '.join(summary['heads']) or 'none'}")
     checked = "verified" if verify else "not verified"
     if verify and not m.covers_every_file:

@@ -51,6 +51,7 @@ class Subject:
     size_bytes: dict[str, int] = field(default_factory=dict)
     bundle: dict[str, Any] | None = None
     close: Callable[[], None] = lambda: None  # undo anything opening changed (eager: torch's thread count)
+    placement: Callable[[], dict[str, Any]] = dict  # role -> Placement.to_dict() (or {"unavailable": why}); {}: none
 
 
 Opener = Callable[[Mapping[str, Any], RuntimeOptions], Subject]

@@ -51,6 +51,12 @@ def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
         providers = getattr(bundle.encoder("image"), "providers", None)  # ONNX Runtime: the providers it got
         return " ".join(filter(None, (backend, _package_version(backend), ",".join(providers or ()))))
 
+    def placement() -> dict[str, Any]:
+        from edgeclip.runtimes.placement import Placement, bundle_placements
+
+        found = bundle_placements(bundle)
+        return {role: p.to_dict() if isinstance(p, Placement) else {"unavailable": p} for role, p in found.items()}
+
     src = m.source
     return Subject(
         encoder=bundle,
@@ -66,4 +72,5 @@ def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
             "sha256": {role: enc.sha256 for role, enc in m.encoders.items()},
             "target_info": {k: v for k, v in m.target_info.items() if k != "exported_with"},
         },
+        placement=placement,
     )
