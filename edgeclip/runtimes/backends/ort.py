@@ -88,7 +88,9 @@ class OnnxRuntimeBackend:
             raise RuntimeUnavailable(
                 f"onnxruntime {onnxruntime.__version__} does not report node placement ({e}): upgrade to 1.22 or later"
             ) from None
-        note = "nodes of the graph after ONNX Runtime's optimizations, as get_provider_graph_assignment_info lists them"
+        # Providers are assigned after the basic (provider-independent) optimizations; the fusions that follow
+        # happen inside a provider, so they do not move a node from one provider to another.
+        note = "nodes as ONNX Runtime assigned them to providers (graph after its basic optimizations)"
         if self.providers == ("CPUExecutionProvider",):
             note += "; CPUExecutionProvider alone: no accelerator provider was asked for"
         return from_assignment(
