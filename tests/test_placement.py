@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from edgeclip.cli import cli
 from edgeclip.errors import ExportError
 from edgeclip.runtimes import load_bundle
-from edgeclip.runtimes.backends import RuntimeOptions, _BACKENDS, register_backend
+from edgeclip.runtimes.backends import _BACKENDS, RuntimeOptions, register_backend
 from edgeclip.runtimes.backends.ort import OnnxRuntimeBackend, session_options
 from edgeclip.runtimes.placement import Placement, bundle_placements, coverage_problem, from_assignment, placement_of
 from tests.conftest import TINY
@@ -32,7 +32,7 @@ needs_azure = pytest.mark.skipif(
 
 
 def _optimized_node_count(path: Path, tmp_path: Path) -> Counter[str]:
-    """Op types of the graph ONNX Runtime partitions among providers (after its basic optimizations), as it writes it."""
+    """Op types of the graph ONNX Runtime splits among providers (after its basic optimizations), as it writes it."""
     opts = session_options(None)
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -91,13 +91,16 @@ def test_a_backend_without_placement_is_reported_not_guessed(tiny_bundle: Path) 
 @pytest.fixture()
 def azure_target():
     """A target exporting ONNX graphs whose backend asks ONNX Runtime for the Azure provider first."""
-    from edgeclip.export.targets import _TARGETS, TargetSpec, onnx as onnx_target, register_target
+    from edgeclip.export.targets import _TARGETS, TargetSpec, register_target
+    from edgeclip.export.targets import onnx as onnx_target
 
     class AzureFirst(OnnxRuntimeBackend):
         def __init__(self, path: Path, encoder, options: RuntimeOptions) -> None:
             super().__init__(path, encoder, RuntimeOptions((AZURE, "CPUExecutionProvider"), options.threads))
 
-    spec = TargetSpec("azure-first", "ONNX graphs on a provider that takes no op (a test's toy)", ("fp32",), ".onnx", True)
+    spec = TargetSpec(
+        "azure-first", "ONNX graphs on a provider that takes no op (a test's toy)", ("fp32",), ".onnx", True
+    )
     register_target(spec)(onnx_target.export)
     register_backend("azure-first-ort", targets=("azure-first",))(AzureFirst)
     yield spec.name

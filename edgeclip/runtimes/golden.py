@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip.data.images import load_image
-from edgeclip.errors import BundleError, UsageError
+from edgeclip.errors import BundleError, EdgeclipError, UsageError
 from edgeclip.metrics.parity import PARITY_FLOORS, cosine_rows
 from edgeclip.runtimes.checksums import DIGESTS
 from edgeclip.runtimes.manifest import BundleManifest, TensorSpec
@@ -208,19 +208,24 @@ def build_golden(
 # --- reading ---------------------------------------------------------------------------------------------------
 
 
-def _entries(arrays: Any, where: str) -> dict[str, ArrayEntry]:
+def _entries(arrays: Any, where: str, error: type[EdgeclipError] = BundleError) -> dict[str, ArrayEntry]:
+    """The index's arrays; a .bin file needs its shape and dtype (a .npy file carries its own)."""
     if not isinstance(arrays, Mapping):
-        raise BundleError(f"{where}: 'arrays' is {str(arrays)[:60]!r}: expected an object of name -> array")
+        raise error(f"{where}: 'arrays' is {str(arrays)[:60]!r}: expected an object of name -> array")
     out = {}
     for name, item in arrays.items():
         try:
-            shape = tuple(int(d) for d in item["shape"]) if item.get("shape") is not None else ()
-            entry = ArrayEntry(str(name), stage_of(str(name)), str(item["file"]), shape, str(item.get("dtype", "")))
+            file = str(item["file"])
+            own = file.endswith(".npy")
+            shape = tuple(int(d) for d in item["shape"]) if not own or item.get("shape") is not None else ()
+            dtype = str(item["dtype"]) if not own else str(item.get("dtype", ""))
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise BundleError(f"{where}: array {name!r} needs file, shape and dtype") from None
-        if Path(entry.file).is_absolute() or ".." in Path(entry.file).parts:
-            raise BundleError(f"{where}: array {name!r} file {entry.file!r} leaves the folder")
-        out[str(name)] = entry
+            raise error(
+                f"{where}: array {name!r} needs file, shape and dtype (shape and dtype may be left out for .npy)"
+            ) from None
+        if Path(file).is_absolute() or ".." in Path(file).parts:
+            raise error(f"{where}: array {name!r} file {file!r} leaves the folder")
+        out[str(name)] = ArrayEntry(str(name), stage_of(str(name)), file, shape, dtype)
     return out
 
 
@@ -352,8 +357,11 @@ class PortDump:
         index_path = self.folder / INDEX_NAME
         self.entries: dict[str, ArrayEntry] = {}
         if index_path.is_file():
-            index = _read_index(index_path, DUMP_FORMAT)
-            self.entries = _entries(index.get("arrays"), str(index_path))
+            try:
+                index = _read_index(index_path, DUMP_FORMAT)
+            except BundleError as e:
+                raise UsageError(str(e)) from None
+            self.entries = _entries(index.get("arrays"), str(index_path), UsageError)
 
     def has(self, name: str) -> bool:
         return name in self.entries or (not self.entries and (self.folder / f"{name}.npy").is_file())

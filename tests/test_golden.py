@@ -1,0 +1,254 @@
+"""Golden files for app ports and `edgeclip check-port`: a port written the way an app developer would (numpy, PIL,
+the `tokenizers` library on the bundle's tokenizer.json, ONNX Runtime) passes, and the classic mistakes are caught
+at the stage that makes them."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import ftfy
+import numpy as np
+import onnxruntime
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from tokenizers import Tokenizer as HFTokenizer
+
+from edgeclip.cli import cli
+from edgeclip.errors import BundleError, UsageError
+from edgeclip.runtimes import load_bundle
+from edgeclip.runtimes.golden import (
+    DUMP_FORMAT,
+    GOLDEN_DIR,
+    INDEX_NAME,
+    RESIZE_MEAN_ABS_LEVELS,
+    check_port_dump,
+    load_golden,
+)
+
+
+def _index(bundle: Path) -> dict:
+    return json.loads((bundle / GOLDEN_DIR / INDEX_NAME).read_text(encoding="utf-8"))
+
+
+def _bin(bundle: Path, name: str) -> np.ndarray:
+    """A golden array read the way a Swift or Kotlin port would: the index's shape and dtype over raw bytes."""
+    entry = _index(bundle)["arrays"][name]
+    raw = (bundle / GOLDEN_DIR / entry["file"]).read_bytes()
+    return np.frombuffer(raw, dtype=np.dtype(entry["dtype"]).newbyteorder("<")).reshape(entry["shape"])
+
+
+# --- a port, written without edgeclip --------------------------------------------------------------------------
+
+
+def _naive_bilinear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear sampling at pixel centres with no antialiasing (what many hand-written resizers and GPU samplers do)."""
+    a = rgb.astype(np.float64)
+    h, w = a.shape[:2]
+    ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    return np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
+
+
+def _port_resize(rgb: np.ndarray, size: int, antialias: bool) -> np.ndarray:
+    """Short side to `size` (long side truncated, as torchvision does), bicubic, then a centre crop."""
+    h, w = rgb.shape[:2]
+    new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    if antialias:
+        resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC))
+    else:
+        resized = _naive_bilinear(rgb, new_h, new_w)
+    top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+    return resized[top : top + size, left : left + size]
+
+
+def _port_tokenize(bundle: Path, texts: list[str], lowercase: bool) -> np.ndarray:
+    """CLIP BPE through the `tokenizers` library: clean (ftfy, HTML entities, whitespace), lowercase, wrap, pad."""
+    spec = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["tokenizer"]
+    bpe = HFTokenizer.from_file(str(bundle / spec["file"]))
+    out = np.full((len(texts), spec["context_length"]), spec["pad_id"], dtype=np.int64)
+    for row, text in enumerate(texts):
+        text = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split())
+        if lowercase:
+            text = text.lower()
+        ids = [spec["sot_id"], *bpe.encode(text, add_special_tokens=False).ids, spec["eot_id"]]
+        ids = ids[: spec["context_length"]]
+        ids[-1] = spec["eot_id"]
+        out[row, : len(ids)] = ids
+    return out
+
+
+def write_port_dump(
+    bundle: Path, folder: Path, *, antialias: bool = True, lowercase: bool = True, as_bin: bool = False
+) -> Path:
+    """Every stage as an app port computes it, dumped as NAME.npy files (or raw .bin with an index.json)."""
+    index = _index(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    pre = manifest["preprocess"]
+    size = pre["image_size"][0]
+    arrays: dict[str, np.ndarray] = {}
+    resized = []
+    for i, image in enumerate(index["images"]):
+        rgb = np.asarray(Image.open(bundle / GOLDEN_DIR / image["file"]).convert("RGB"))
+        arrays[f"decode.{i}"] = rgb
+        resized.append(_port_resize(rgb, size, antialias))
+    arrays["resize"] = np.stack(resized)
+    pixels = (arrays["resize"].astype(np.float32) / 255 - np.float32(pre["mean"])) / np.float32(pre["std"])
+    arrays["normalize"] = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+    arrays["tokenize"] = _port_tokenize(bundle, index["texts"], lowercase)
+    # The encoders run on the golden inputs, so this stage tests the runtime alone.
+    for role, name in (("image", "normalize"), ("text", "tokenize")):
+        spec = manifest["encoders"][role]
+        session = onnxruntime.InferenceSession(str(bundle / spec["file"]), providers=["CPUExecutionProvider"])
+        arrays[f"encode.{role}"] = session.run(None, {spec["inputs"][0]["name"]: _bin(bundle, name)})[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    if as_bin:
+        entries = {}
+        for name, array in arrays.items():
+            (folder / f"{name}.bin").write_bytes(
+                np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+            )
+            entries[name] = {"file": f"{name}.bin", "shape": list(array.shape), "dtype": array.dtype.name}
+        (folder / INDEX_NAME).write_text(json.dumps({"format": DUMP_FORMAT, "version": 1, "arrays": entries}))
+    else:
+        for name, array in arrays.items():
+            np.save(folder / f"{name}.npy", array)
+    return folder
+
+
+# --- the golden set in the bundle ------------------------------------------------------------------------------
+
+
+def test_every_bundle_carries_a_small_checksummed_golden_set(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    bundle.verify()  # golden/ is covered by the manifest's checksums
+    assert GOLDEN_DIR in bundle.manifest.checksums
+    golden = load_golden(bundle.path, bundle.manifest)
+    assert golden is not None
+    assert golden.size_bytes() < 1_000_000
+    index = _index(tiny_bundle)
+    assert index["byte_order"] == "little" and len(index["images"]) == 3
+    texts = index["texts"]
+    assert "" in texts and any(t != t.lower() for t in texts) and any(not t.isascii() for t in texts)
+    # The stored stages are the runtime's own: decoded PNG, tokens, and the written encoder's embeddings.
+    tokens = _bin(tiny_bundle, "tokenize")
+    assert tokens.dtype == np.int64 and np.array_equal(tokens, bundle.tokenizer.encode(texts))
+    assert tokens[texts.index(max(texts, key=len)), -1] == bundle.manifest.tokenizer.eot_id  # cut at 77, eot last
+    png = Image.open(tiny_bundle / GOLDEN_DIR / index["images"][0]["file"])
+    assert png.format == "PNG" and np.array_equal(np.asarray(png.convert("RGB")), _bin(tiny_bundle, "decode.0"))
+    images = [Image.open(tiny_bundle / GOLDEN_DIR / item["file"]) for item in index["images"]]
+    assert np.allclose(bundle.encode_image(images), _bin(tiny_bundle, "encode.image"), atol=1e-5)
+    assert np.allclose(bundle.encode_text(texts), _bin(tiny_bundle, "encode.text"), atol=1e-5)
+    assert index["embeddings_from"].startswith("the written encoder files run by onnxruntime")
+    contract = index["input_contract"]
+    assert contract["image"]["layout"] == "NCHW" and contract["text"]["dtype"] == "int64"
+    assert _bin(tiny_bundle, "normalize").shape == (3, 3, 64, 64)
+
+
+def test_a_correct_port_passes_every_stage(tiny_bundle: Path, tmp_path: Path) -> None:
+    report = check_port_dump(tiny_bundle, write_port_dump(tiny_bundle, tmp_path / "dump"))
+    assert report.ok, report.to_dict()
+    assert [s.stage for s in report.stages] == ["decode", "resize", "normalize", "tokenize", "encode"]
+    assert all(s.status == "pass" for s in report.stages)
+    encode = report.stages[-1]
+    assert encode.error is not None and encode.error > 0.9999
+
+
+def test_a_resize_without_antialiasing_is_caught_at_the_resize_stage(tiny_bundle: Path, tmp_path: Path) -> None:
+    report = check_port_dump(tiny_bundle, write_port_dump(tiny_bundle, tmp_path / "dump", antialias=False))
+    first = report.first_failure
+    assert first is not None and first.stage == "resize"
+    assert (
+        first.error is not None and first.error > RESIZE_MEAN_ABS_LEVELS and first.tolerance == RESIZE_MEAN_ABS_LEVELS
+    )
+    assert report.stages[0].status == "pass"  # decoding was right
+    normalize = report.stages[2]
+    assert normalize.status == "pass" and "own resize" in normalize.metric  # normalizing itself was right
+
+
+def test_a_tokenizer_without_lowercasing_is_caught_at_the_tokenize_stage(tiny_bundle: Path, tmp_path: Path) -> None:
+    report = check_port_dump(tiny_bundle, write_port_dump(tiny_bundle, tmp_path / "dump", lowercase=False))
+    first = report.first_failure
+    assert first is not None and first.stage == "tokenize"
+    assert "'A DOG Playing In The SNOW'" in first.detail and "ids differ from position 1" in first.detail
+    assert [s.status for s in report.stages[:3]] == ["pass", "pass", "pass"]
+
+
+def test_raw_bin_dumps_with_an_index_are_read_like_npy(tiny_bundle: Path, tmp_path: Path) -> None:
+    report = check_port_dump(tiny_bundle, write_port_dump(tiny_bundle, tmp_path / "dump", as_bin=True))
+    assert report.ok, report.to_dict()
+
+
+def test_wrong_shape_or_dtype_names_the_stage_and_the_expected_shape(tiny_bundle: Path, tmp_path: Path) -> None:
+    dump = write_port_dump(tiny_bundle, tmp_path / "dump")
+    np.save(dump / "normalize.npy", np.load(dump / "normalize.npy").transpose(0, 2, 3, 1))  # NHWC, not NCHW
+    np.save(dump / "tokenize.npy", np.load(dump / "tokenize.npy").astype(np.int32))
+    report = check_port_dump(tiny_bundle, dump)
+    stages = {s.stage: s for s in report.stages}
+    assert report.first_failure is stages["normalize"]
+    assert "normalize is [3, 64, 64, 3] float32: expected [3, 3, 64, 64] float32" in stages["normalize"].detail
+    assert "tokenize is [8, 77] int32: expected [8, 77] int64" in stages["tokenize"].detail
+    (dump / INDEX_NAME).write_text(json.dumps({"format": DUMP_FORMAT, "arrays": {"resize": {"file": "r.bin"}}}))
+    with pytest.raises(UsageError, match="needs file, shape and dtype"):
+        check_port_dump(tiny_bundle, dump)
+
+
+def test_a_missing_stage_is_reported_not_failed(tiny_bundle: Path, tmp_path: Path) -> None:
+    dump = write_port_dump(tiny_bundle, tmp_path / "dump")
+    for name in ("resize", "normalize", "encode.image", "encode.text"):
+        (dump / f"{name}.npy").unlink()
+    report = check_port_dump(tiny_bundle, dump)
+    assert report.ok and [s.status for s in report.stages] == ["pass", "missing", "missing", "pass", "missing"]
+    with pytest.raises(UsageError, match="does not exist"):
+        check_port_dump(tiny_bundle, tmp_path / "nowhere")
+
+
+def test_changed_golden_files_fail_the_checksum(tiny_bundle_copy: Path, tmp_path: Path) -> None:
+    tokens = tiny_bundle_copy / GOLDEN_DIR / "tokenize.bin"
+    data = bytearray(tokens.read_bytes())
+    data[8] ^= 1
+    tokens.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="golden files changed or corrupt"):
+        check_port_dump(tiny_bundle_copy, tmp_path)
+
+
+def test_a_bundle_written_before_goldens_still_loads(tiny_bundle_copy: Path, tmp_path: Path) -> None:
+    shutil.rmtree(tiny_bundle_copy / GOLDEN_DIR)
+    manifest = tiny_bundle_copy / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["checksums"][GOLDEN_DIR]
+    manifest.write_text(json.dumps(data))
+    bundle = load_bundle(tiny_bundle_copy)
+    bundle.verify()
+    assert load_golden(bundle.path, bundle.manifest) is None
+    assert bundle.encode_text(["a cat"]).shape == (1, 64)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["info", str(tiny_bundle_copy)])
+    assert result.exit_code == 0 and "no golden files" in result.output
+    result = runner.invoke(cli, ["check-port", str(tiny_bundle_copy), str(tmp_path)])
+    assert result.exit_code == 1 and "has no golden files" in result.output
+
+
+def test_check_port_cli_names_the_first_stage_that_differs(tiny_bundle: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    good = write_port_dump(tiny_bundle, tmp_path / "good")
+    result = runner.invoke(cli, ["check-port", str(tiny_bundle), str(good)])
+    assert result.exit_code == 0, result.output
+    assert "matches the golden files at every stage" in result.output
+    bad = write_port_dump(tiny_bundle, tmp_path / "bad", antialias=False)
+    result = runner.invoke(cli, ["check-port", str(tiny_bundle), str(bad)])
+    assert result.exit_code == 1
+    assert "resize     fail" in result.output and "the port first differs at stage resize" in result.output
+    result = runner.invoke(cli, ["check-port", str(tiny_bundle), str(bad), "--json"])
+    data = json.loads(result.output[: result.output.rindex("}") + 1])
+    assert data["first_failure"] == "resize" and data["ok"] is False
+    result = runner.invoke(cli, ["info", str(tiny_bundle)])
+    assert "golden     3 images, 8 texts" in result.output
