@@ -149,9 +149,10 @@ def export_or_refuse(name: str, out: Path, options: Mapping[str, Any] | None = N
 
 
 def check_bundle(name: str, bundle: Path, options: Mapping[str, Any] | None = None) -> None:
-    """The bundle passes `edgeclip info --verify`, and its manifest records the options as used."""
+    """The bundle passes `edgeclip info --verify`, carries golden files, and its manifest records the options used."""
     result = CliRunner().invoke(cli, ["info", str(bundle), "--verify"])
     assert result.exit_code == 0 and "verified" in result.output, result.output
+    assert "golden     3 images" in result.output, result.output  # every target's bundle carries the golden set
     manifest = BundleManifest.from_json((bundle / MANIFEST_NAME).read_text(encoding="utf-8"), str(bundle))
     target = get_target(name)
     assert manifest.target == name and manifest.precision == target.spec.default_precision

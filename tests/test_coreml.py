@@ -208,6 +208,7 @@ def test_default_export_is_fp16_mlprogram_with_the_recorded_interface(fp16_bundl
     m = bundle.manifest
     assert (m.target, m.precision) == ("coreml", "fp16")
     assert sorted(p.name for p in fp16_bundle.iterdir()) == [
+        "golden",
         "image_encoder.mlpackage",
         "manifest.json",
         "text_encoder.mlpackage",

@@ -19,7 +19,7 @@ from tests.conftest import TINY
 
 def test_bundle_layout_manifest_and_onnx_graphs(tiny_bundle: Path) -> None:
     names = sorted(p.name for p in tiny_bundle.iterdir())
-    assert names == ["image_encoder.onnx", "manifest.json", "text_encoder.onnx", "tokenizer.json"]
+    assert names == ["golden", "image_encoder.onnx", "manifest.json", "text_encoder.onnx", "tokenizer.json"]
     m = load_bundle(tiny_bundle).manifest
     assert m.source.random_init and m.source.architecture == TINY
     assert m.target == "onnx" and m.precision == "fp32" and m.embed_dim == 64

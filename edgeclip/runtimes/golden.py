@@ -53,8 +53,8 @@ GOLDEN_TEXTS = (
     "the quick brown fox jumps over the lazy dog " * 12,
 )
 # Per stage: how a port's array is compared with the golden one. Decoding PNG and tokenizing are exact; a resize may
-# differ by rounding only (another implementation of the same antialiased filter), not by filter or aliasing:
-# a resize without antialiasing is off by 0.6-6 levels on these images, Lanczos for bicubic by 0.5-8 (docs/ports.md).
+# differ by rounding only (another implementation of the same antialiased filter), not by filter or aliasing: one
+# without antialiasing is off by 0.9-10 levels on these images, another filter by 0.9-20 (docs/ports.md#tolerances).
 RESIZE_MEAN_ABS_LEVELS = 0.5  # mean |port - golden| over one image's pixels, in 0..255 levels
 NORMALIZE_MAX_ABS = {"float32": 1e-4, "float16": 2e-3}
 
