@@ -28,6 +28,7 @@ from edgeclip.runtimes.golden import (
     check_port_dump,
     load_golden,
 )
+from tests.conftest import TINY
 
 
 def _index(bundle: Path) -> dict:
@@ -252,3 +253,35 @@ def test_check_port_cli_names_the_first_stage_that_differs(tiny_bundle: Path, tm
     assert data["first_failure"] == "resize" and data["ok"] is False
     result = runner.invoke(cli, ["info", str(tiny_bundle)])
     assert "golden     3 images, 8 texts" in result.output
+
+
+def test_where_the_files_cannot_run_the_embeddings_come_from_pytorch(tiny_bundle: Path, tmp_path: Path) -> None:
+    """CoreML on Linux: golden embeddings from the reparameterized PyTorch encoders, and the index says so."""
+    import torch
+
+    from edgeclip.export import _reparameterized_copy
+    from edgeclip.export.golden import write_golden
+    from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders
+    from edgeclip.models.encoders import ImageEncoder, TextEncoder
+    from edgeclip.models.loading import load_model
+
+    bundle = load_bundle(tiny_bundle)
+    m = bundle.manifest
+    deploy = _reparameterized_copy(load_model(TINY, random_init=True).model)  # the bundle's weights (seed 0)
+    encoders = Encoders(
+        image=ImageEncoder(deploy).eval(),
+        text=TextEncoder(deploy).eval(),
+        image_example=torch.zeros(1, 3, 64, 64),
+        text_example=torch.zeros(1, 77, dtype=torch.int64),
+        preprocess=m.preprocess,
+        tokenizer=m.tokenizer,
+    )
+    files = EncoderFiles(
+        *(EncoderFile(enc.file, enc.inputs, enc.outputs) for enc in (m.encoders["image"], m.encoders["text"]))
+    )
+    index = write_golden(tmp_path, encoders, files, bundle.tokenizer, {"image": None, "text": None}, "coreml")
+    assert index["embeddings_from"].startswith("PyTorch ") and "cannot run here" in index["embeddings_from"]
+    for role in ("image", "text"):
+        from_torch = np.fromfile(tmp_path / GOLDEN_DIR / f"encode.{role}.bin", dtype="<f4").reshape(-1, m.embed_dim)
+        cos = (from_torch * _bin(tiny_bundle, f"encode.{role}")).sum(-1)  # both L2-normalized
+        assert cos.min() > 0.9999, role
