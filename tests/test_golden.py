@@ -285,3 +285,13 @@ def test_where_the_files_cannot_run_the_embeddings_come_from_pytorch(tiny_bundle
         from_torch = np.fromfile(tmp_path / GOLDEN_DIR / f"encode.{role}.bin", dtype="<f4").reshape(-1, m.embed_dim)
         cos = (from_torch * _bin(tiny_bundle, f"encode.{role}")).sum(-1)  # both L2-normalized
         assert cos.min() > 0.9999, role
+
+
+def test_golden_images_are_not_photos_of_a_folder_that_holds_the_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    from edgeclip.data.images import list_images
+
+    shutil.copytree(tiny_bundle, tmp_path / "model.edgeclip")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    (tmp_path / "album" / "golden").mkdir(parents=True)  # a folder merely named golden is still scanned
+    Image.new("RGB", (8, 8)).save(tmp_path / "album" / "golden" / "g.png")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["album/golden/g.png", "photo.png"]

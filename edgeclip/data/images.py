@@ -128,11 +128,17 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
 
 def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
     # Hidden entries are skipped: macOS "._x.jpg" resource forks carry image suffixes but are not images.
+    # So is a bundle's golden/ folder (test images for app ports), where a bundle sits among the photos.
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _is_golden_set(Path(root), d)] if recursive else []
         for name in files:
             if not name.startswith("."):
                 yield Path(root) / name
+
+
+def _is_golden_set(root: Path, name: str) -> bool:
+    """Whether root/name is the golden/ folder of an edgeclip bundle (its images are test inputs, not photos)."""
+    return name == "golden" and (root / "manifest.json").is_file() and (root / name / "index.json").is_file()
 
 
 def _from_path(src: str | os.PathLike) -> Image.Image:
