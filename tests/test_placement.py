@@ -108,6 +108,7 @@ def azure_target():
     _BACKENDS.pop("azure-first-ort", None)
 
 
+@pytest.mark.slow
 @needs_azure
 def test_export_warns_naming_the_fallback_ops_and_require_delegate_fails(azure_target: str, tmp_path: Path) -> None:
     from edgeclip.export import export_bundle
