@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 # bench row name (the spelling) -> (precision, target options): the typed-options grammar of `--target litert`
 ROWS = {
     "litert:fp32": ("fp32", {}),
@@ -97,12 +95,10 @@ def main() -> None:
         for name, bundle in loaded.items():
             encoder = bundle.encoder(role)
             input_name = bundle.manifest.encoders[role].inputs[0].name
-            runners[name] = lambda e=encoder, n=input_name: e.run({n: batch})
+            runners[name] = lambda e=encoder, n=input_name, b=batch: e.run({n: b})
         ms = time_interleaved(runners, args.rounds, max_other=float("inf"))
         print(f"\n{role} encoder (load during the run: {os.getloadavg()})")
-        print(
-            f"| row | MB | cos min / mean vs PyTorch | XNNPACK ops (fraction) | pieces | left out | ms | x ORT fp32 |"
-        )
+        print("| row | MB | cos min / mean vs PyTorch | XNNPACK ops (fraction) | pieces | left out | ms | x ORT fp32 |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, bundle in loaded.items():
             spec_ = bundle.manifest.encoders[role]
@@ -133,7 +129,6 @@ def main() -> None:
                   f"{gate['text']['mean_cosine']:.5f}, top-1 agreement {gate['top1_agreement']:.3f}")  # fmt: skip
     (root / "results.json").write_text(json.dumps({"cpu_flags": flags, "load": load, "rows": results}, indent=1))
     print(f"\nresults: {root / 'results.json'}")
-    del np
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from the fp32 ones and gated against them on held-out inputs, as the ONNX target
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import tempfile
 from dataclasses import dataclass, replace
@@ -141,7 +142,7 @@ def _wrapped(role: str, module: Any) -> Any:
             return {OUTPUT_NAME: self.encoder(pixels)}
 
     class LiteRTTextEncoder(LiteRTImageEncoder):
-        def forward(self, token_ids: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        def forward(self, token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
             if isinstance(self.encoder, TextEncoder):
                 # TextEncoder casts ids to int64 (ONNX's contract); open_clip's argmax pooling then has no LiteRT
                 # kernel. int32 ids index embeddings and argmax the same way, so the tower takes them as they are.
@@ -160,7 +161,6 @@ def _example(role: str, encoders: Encoders) -> Any:
 
 def _quiet_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a converter call with its progress lines (stdout/stderr chatter) kept off the console."""
-    import contextlib
     import io
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -198,10 +198,8 @@ def _versions() -> dict[str, str]:
 
     found = {}
     for package in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found[package] = version(package)
-        except PackageNotFoundError:
-            pass
     return found
 
 
