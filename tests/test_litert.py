@@ -122,6 +122,7 @@ def test_dynamic_int8_quantizes_weights_and_passes_the_gate(litert_bundle: Path,
 def test_static_int8_from_a_calibration_set(tmp_path: Path, litert_bundle: Path) -> None:
     from edgeclip.calibration import build_calibration_set
     from edgeclip.data.shapes import ShapesDataset, write_image_folder
+    from edgeclip.export.targets.litert import STATIC_RECIPE
 
     spec = load_bundle(litert_bundle).manifest.preprocess
     folder = write_image_folder(ShapesDataset("train", size=64, seed=9), tmp_path / "imgs", 40)
@@ -131,8 +132,12 @@ def test_static_int8_from_a_calibration_set(tmp_path: Path, litert_bundle: Path)
     export_bundle(TINY, output=out, target="litert", precision="int8", random_init=True, target_options=options)
     record = _manifest(out)["calibration"]
     assert record["mode"] == "static" and record["text_int8"] == "dynamic" and record["gate"]["passed"]
-    assert record["recipes"] == {"image": "static_wi8_ai8", "text": "dynamic_wi8_afp32"}
+    assert record["recipes"] == {"image": STATIC_RECIPE, "text": "dynamic_wi8_afp32"}
     assert record["set"]["images"] == 40 and _manifest(out)["encoders"]["image"]["parity"]["mean_cosine"] >= 0.99
+    image = load_bundle(out)
+    assert image.encoder("image").interpreter.get_input_details()[0]["dtype"] == np.float32  # float I/O kept
+    placement = placement_of(image.encoder("image"))
+    assert placement is not None and placement.fraction == 1.0 and placement.pieces == 1, placement
 
 
 def test_int8_without_calibration_or_dynamic_is_one_line(tmp_path: Path) -> None:
