@@ -157,4 +157,5 @@ def test_export_json_output(tmp_path: Path) -> None:
 
 def test_targets_lists_the_registry() -> None:
     data = {t["name"]: t for t in json.loads(run("targets", "--json").output)}
-    assert sorted(data) == ["coreml", "onnx", "tensorrt"] and data["onnx"]["precisions"] == ["fp32", "fp16", "int8"]
+    assert sorted(data) == ["coreml", "litert", "onnx", "tensorrt"]
+    assert data["onnx"]["precisions"] == ["fp32", "fp16", "int8"]
