@@ -110,7 +110,16 @@ class DatasetManifest:
     def differences(self, other: DatasetManifest, *, plan: bool = False) -> list[str]:
         """The settings that differ, each as `name (this vs other)`; `plan` adds what only a writer must share."""
         a, b = self.to_dict(), other.to_dict()
-        out = [f"{k} ({_short(k, a[k])} vs {_short(k, b[k])})" for k in _IDENTITY_KEYS if a[k] != b[k]]
+        out = []
+        for k in _IDENTITY_KEYS:
+            if a[k] == b[k]:
+                continue
+            if isinstance(a[k], dict) and isinstance(b[k], dict):  # the augmentation spec: name its differing fields
+                parts = [f"{f} {_short(f, a[k].get(f))} vs {_short(f, b[k].get(f))}" for f in sorted({*a[k], *b[k]})
+                         if a[k].get(f) != b[k].get(f)]  # fmt: skip
+                out.append(f"{k} ({', '.join(parts)})")
+            else:
+                out.append(f"{k} ({_short(k, a[k])} vs {_short(k, b[k])})")
         if self.source_fingerprint and other.source_fingerprint and self.source_fingerprint != other.source_fingerprint:
             out.append(f"source_fingerprint ({self.source_fingerprint} vs {other.source_fingerprint}: other records)")
         if plan and self.captioner and self.batch_size and other.batch_size and self.batch_size != other.batch_size:
@@ -224,8 +233,6 @@ def _short(key: str, value: Any) -> str:
     """A setting's value, short enough for a one-line message."""
     if key == "teachers":
         return "+".join(f"{t['architecture']}:{Path(t['pretrained']).name}@{t['weights_sha256'][:8]}" for t in value)
-    if key == "augment" and isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
     return json.dumps(value)
 
 
