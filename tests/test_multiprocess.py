@@ -132,9 +132,7 @@ def test_workers_default_from_the_schedulers_environment() -> None:
 # --- workers on real files -------------------------------------------------------------------------------
 
 
-def test_workers_union_equals_one_process_and_a_rerun_redoes_only_broken_shards(
-    material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_workers_union_equals_one_process_and_a_rerun_redoes_only_broken_shards(material, tmp_path: Path) -> None:
     out = tmp_path / "workers"
     first = reinforce(SOURCE, [f"{TEACHER}:{material['teacher']}"], out, num_workers=2, worker_index=0,
                       **_settings(material))  # fmt: skip
@@ -142,12 +140,12 @@ def test_workers_union_equals_one_process_and_a_rerun_redoes_only_broken_shards(
     half_done = check_plan(out)
     assert half_done.missing == ("00001.tar", "00003.tar") and not half_done.complete
     assert "2 of the 5 planned shards are not finished (00001.tar, 00003.tar)" in half_done.problem()
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")  # worker 1 as a Slurm array task would run it
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
-    second = _run(material, out)
-    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
-    monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT")
-    assert second == out and check_plan(out).complete
+    slurm = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"}  # worker 1 as a Slurm array task runs it
+    second = _run_result(material, out, environ=slurm)
+    assert second.written == ("00001.tar", "00003.tar") and second.workers == Workers(
+        1, 2, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"
+    )
+    assert check_plan(out).complete
     comparison = compare_reinforced(out, material["one"], atol=1e-5)
     assert comparison.equal and comparison.samples == (20, 20) and comparison.same_dataset_id, comparison.summary()
     assert _tars(out) == _tars(material["one"])  # the same bytes: keys, parameters, captions, embeddings
@@ -193,6 +191,9 @@ def test_torchrun_ranks_inside_workers_and_empty_slices(material, tmp_path: Path
     out_cli = CliRunner().invoke(cli, args)
     assert out_cli.exit_code == 0, out_cli.output
     assert "worker 5 of 8" in out_cli.stdout and "nothing to write" in out_cli.stdout and not empty.exists()
+    by_env = CliRunner().invoke(cli, args[:-5], env={"JOB_COMPLETION_INDEX": "7", "EDGECLIP_NUM_WORKERS": "8"})
+    assert by_env.exit_code == 0, by_env.output
+    assert "worker 7 of 8 (from JOB_COMPLETION_INDEX/EDGECLIP_NUM_WORKERS): none of the 5" in by_env.stdout
     bad = CliRunner().invoke(cli, [*args[:-2], "8", "-q"])
     assert (
         bad.exit_code == 2 and "Error: worker index 8 (--worker-index) is outside 0..7 (--num-workers 8)" in bad.stderr

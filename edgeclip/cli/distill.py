@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -182,6 +183,7 @@ def reinforce(
             skip_missing=skip_missing,
             num_workers=num_workers,
             worker_index=worker_index,
+            environ=os.environ,  # Slurm array / Kubernetes indexed job variables default the worker split
             on_progress=bar.update,
         )
     if as_json:

@@ -365,12 +365,14 @@ def reinforce(
     world_size: int | None = None,
     num_workers: int | None = None,
     worker_index: int | None = None,
+    environ: Mapping[str, str] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ReinforceResult:
     """Run the teachers once over every image and K augmentations of it, and write DataCompDR-layout shards.
 
-    This process writes its share of the shards (worker `worker_index` of `num_workers`, defaulting from a Slurm
-    array or a Kubernetes indexed job, and its torchrun rank), skipping shards already finished.
+    This process writes its share of the shards (worker `worker_index` of `num_workers` and its torchrun rank),
+    skipping shards already finished. Pass `environ=os.environ` to default the worker split from a Slurm array or
+    a Kubernetes indexed job as the CLI does; by default a library call reads no scheduler variables.
     """
     import torch
 
@@ -387,7 +389,7 @@ def reinforce(
         raise UsageError(f"--synthetic-captions {synthetic_captions} needs --captioner ARCH:WEIGHTS or --captions-file")
     if samples_per_shard < 1 or batch_size < 1:
         raise UsageError("--samples-per-shard and --batch-size must be >= 1")
-    workers = resolve_workers(num_workers, worker_index)
+    workers = resolve_workers(num_workers, worker_index, {} if environ is None else environ)
     env = world_from_env()
     rank = env.rank if rank is None else rank
     world_size = env.size if world_size is None else world_size
