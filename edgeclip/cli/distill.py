@@ -211,8 +211,18 @@ def reinforce(
     if result.failed:
         first = "; ".join(list(result.failed.values())[:3])
         click.echo(f"  {len(result.failed)} image(s) could not be decoded and were left out: {first}")
-    if m.shards > len(result.assigned):
-        click.echo(f"  when every job has finished: edgeclip reinforce --check {result.output}")
+    if m.shards > len(result.assigned):  # other jobs or ranks write the rest: say where the whole run stands
+        from edgeclip.distill.shards import check_plan
+
+        status = check_plan(result.output)
+        if status.complete:
+            click.echo(f"  all {m.shards} planned shards are finished: the run is complete")
+        else:
+            todo = len(status.missing) + len(status.unfinished)
+            click.echo(
+                f"  {todo} planned shard(s) not finished yet (other jobs' or ranks'); when all have ended: "
+                f"edgeclip reinforce --check {result.output}"
+            )
 
 
 def _check_run(folder: Path, compare: Path | None, tolerance: float, as_json: bool) -> None:
@@ -340,13 +350,17 @@ def distill(
 ) -> None:
     """Train a student on reinforced shards with (1-λ)·CLIP + λ·KD; checkpoints export with `edgeclip export`.
 
-    The same command runs on many processes under torchrun (gloo on CPU, nccl on GPU).
+    The same command runs on many processes under torchrun (gloo on CPU, nccl on GPU), on one machine or
+    several (the shards and --output on a shared filesystem; docs/distillation.md). A folder of shards that
+    lacks any its reinforce run planned, or mixes two runs, is refused.
 
     \b
     Example:
       edgeclip distill --data 'shards/{00000..00099}.tar' --model MobileCLIP2-S0 --lambda 1.0 \\
           --steps 20000 --batch-size 256 --output runs/s0
       torchrun --nproc-per-node 8 -m edgeclip distill --data shards/ --model MobileCLIP2-S0 --output runs/s0
+      torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint node0:29500 \\
+          -m edgeclip distill --data /shared/shards --model MobileCLIP2-S0 --device cuda --output /shared/s0
       edgeclip export --model MobileCLIP2-S0 --pretrained runs/s0/model.safetensors --output s0.edgeclip
     """
     import torch

@@ -35,11 +35,11 @@ from edgeclip._version import __version__
 from edgeclip.distill.augment import AugmentConfig, AugmentParams, params_from_json, params_to_json, sample_params
 from edgeclip.distill.sources import ImageCaptionSource, open_source
 from edgeclip.distill.tario import TarReader, TarSample, index_tar, shard_paths, write_tar
+from edgeclip.distill.teachers import TeacherInfo
+from edgeclip.errors import DatasetError, ImageError, UsageError
 
 if TYPE_CHECKING:
     from edgeclip.distill.distributed import Workers
-from edgeclip.distill.teachers import TeacherInfo
-from edgeclip.errors import DatasetError, ImageError, UsageError
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "edgeclip-reinforced"
