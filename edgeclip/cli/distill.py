@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,6 @@ def _augment_options(fn):
 @click.option(
     "--images",
     "-i",
-    required=True,
     help="Image–caption source: captions.jsonl/.csv, a folder with "
     "sidecar .txt captions, img2dataset shards ('data/{00000..00009}.tar') or shapes[:split[:count]].",
 )
@@ -52,7 +52,6 @@ def _augment_options(fn):
     "-t",
     "teachers",
     multiple=True,
-    required=True,
     help="ARCH:WEIGHTS_FILE of one teacher (repeat for an ensemble).",
 )
 @click.option("--captioner", help="ARCH:WEIGHTS_FILE of an open_clip CoCa model for synthetic captions.")
@@ -77,13 +76,43 @@ def _augment_options(fn):
     type=click.IntRange(min=0),
     help="Synthetic captions per image (S).",
 )
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Folder for shards.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Folder for shards.")
 @click.option("--samples-per-shard", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per teacher batch."
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--skip-missing", is_flag=True, help="Leave out records whose image or caption is missing.")
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=1),
+    help="Independent jobs sharing the work (default: SLURM_ARRAY_TASK_COUNT, or EDGECLIP_NUM_WORKERS; else 1).",
+)
+@click.option(
+    "--worker-index",
+    type=int,
+    help="This job's index, 0..W-1 (default: from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).",
+)
+@click.option(
+    "--check",
+    "check_folder",
+    type=click.Path(path_type=Path),
+    metavar="FOLDER",
+    help="Check a run's folder instead: every planned shard finished, or fail naming the missing ones.",
+)
+@click.option(
+    "--compare",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    metavar="FOLDER",
+    help="With --check: compare the data sample by sample with another run's (e.g. a 1-process run).",
+)
+@click.option(
+    "--tolerance",
+    default=1e-5,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With --compare: the largest teacher-embedding difference that counts as equal.",
+)
 @_augment_options
 @quiet_option
 @json_option
@@ -99,6 +128,11 @@ def reinforce(
     batch_size: int,
     seed: int,
     skip_missing: bool,
+    num_workers: int | None,
+    worker_index: int | None,
+    check_folder: Path | None,
+    compare: Path | None,
+    tolerance: float,
     crop_scale: tuple[float, float] | None,
     randaug_ops: int | None,
     randaug_magnitude: int | None,
@@ -107,15 +141,30 @@ def reinforce(
 ) -> None:
     """Run teachers once over images and K augmentations each; write DataCompDR-layout shards.
 
-    Re-running with the same settings skips finished shards; under torchrun each process writes its own.
+    Re-running with the same settings skips finished shards (and redoes any cut short). Work splits over
+    independent jobs (--num-workers/--worker-index, or a Slurm array / Kubernetes indexed job's environment)
+    and over torchrun processes within a job; the data is the same however it is split. `--check FOLDER`
+    confirms every planned shard is there once all jobs are done.
 
     \b
     Example:
       edgeclip reinforce --images captions.jsonl --teacher ViT-L-14:./vitl14.safetensors \\
           --teacher ViT-L-14:./dc.safetensors --augmentations 10 --output shards/
       edgeclip reinforce --images shapes:train:2000 --teacher EdgeCLIP-Teacher-S:teacher.safetensors \\
-          --augmentations 4 --output shapes-shards/
+          --augmentations 4 --output shapes-shards/ --num-workers 4 --worker-index 0
+      edgeclip reinforce --check shapes-shards/ --compare one-process-shards/
     """
+    if check_folder is not None:
+        _check_run(check_folder, compare, tolerance, as_json)
+        return
+    if compare is not None:
+        raise click.UsageError("--compare goes with --check FOLDER")
+    missing = [
+        name for name, value in (("--images", images), ("--teacher", teachers), ("--output", output)) if not value
+    ]
+    if missing:
+        raise click.UsageError(f"reinforce needs {', '.join(missing)} (or --check FOLDER to check a finished run)")
+    assert images is not None and output is not None  # checked above
     from edgeclip.distill.shards import reinforce as run_reinforce
 
     with _bar(show_progress(quiet), None, "reinforce", "img") as bar:
@@ -132,6 +181,9 @@ def reinforce(
             seed=seed,
             augment=_augment(crop_scale, randaug_ops, randaug_magnitude),
             skip_missing=skip_missing,
+            num_workers=num_workers,
+            worker_index=worker_index,
+            environ=os.environ,  # Slurm array / Kubernetes indexed job variables default the worker split
             on_progress=bar.update,
         )
     if as_json:
@@ -139,7 +191,15 @@ def reinforce(
         return
     m = result.manifest
     dims = "+".join(map(str, m.dims))
-    click.echo(f"wrote {len(result.written)} shard(s) to {result.output} (dataset {m.identity()})")
+    if not result.assigned:
+        click.echo(f"{result.where()}: none of the {m.shards} planned shard(s) falls to this process: nothing to write")
+        return
+    click.echo(
+        f"{result.where()}: wrote {len(result.written)} of its {len(result.assigned)} shard(s) (of {m.shards} "
+        f"planned) to {result.output} (dataset {m.identity()})"
+    )
+    for name, why in result.redone.items():
+        click.echo(f"  redid {name}: the file there was not finished ({why})")
     click.echo(f"  {result.images} images x K={m.augmentations}, S={m.synthetic_captions}, teacher dims {dims}")
     click.echo(
         f"  {result.images_per_second:.1f} images/s, {result.bytes_per_sample / 1024:.1f} KiB per sample on disk"
@@ -151,6 +211,49 @@ def reinforce(
     if result.failed:
         first = "; ".join(list(result.failed.values())[:3])
         click.echo(f"  {len(result.failed)} image(s) could not be decoded and were left out: {first}")
+    if m.shards > len(result.assigned):  # other jobs or ranks write the rest: say where the whole run stands
+        from edgeclip.distill.shards import check_plan
+
+        status = check_plan(result.output)
+        if status.complete:
+            click.echo(f"  all {m.shards} planned shards are finished: the run is complete")
+        else:
+            todo = len(status.missing) + len(status.unfinished)
+            click.echo(
+                f"  {todo} planned shard(s) not finished yet (other jobs' or ranks'); when all have ended: "
+                f"edgeclip reinforce --check {result.output}"
+            )
+
+
+def _check_run(folder: Path, compare: Path | None, tolerance: float, as_json: bool) -> None:
+    """`reinforce --check`: every planned shard finished (else a one-line refusal naming them), optionally compared."""
+    from edgeclip.distill.shards import check_plan, compare_reinforced
+    from edgeclip.errors import DatasetError
+
+    report = check_plan(folder)
+    comparison = compare_reinforced(folder, compare, tolerance) if compare is not None and report.complete else None
+    if as_json:
+        emit_json({**report.to_dict(), "comparison": comparison.to_dict() if comparison else None})
+    if not report.complete:
+        raise DatasetError(report.problem())
+    if not as_json:
+        m = report.manifest
+        click.echo(
+            f"{folder}: all {m.shards} planned shard(s) finished, {report.samples} samples "
+            f"(dataset {m.identity()}, K={m.augmentations}, S={m.synthetic_captions})"
+        )
+        if report.unplanned:
+            click.echo(
+                f"  {len(report.unplanned)} .tar file(s) the plan does not name: {', '.join(report.unplanned[:5])}"
+            )
+        if report.leftovers:
+            click.echo(
+                f"  {len(report.leftovers)} temporary file(s) of interrupted writers, safe to delete once no job runs"
+            )
+        if comparison is not None:
+            click.echo(f"  against {compare}: {comparison.summary()}")
+    if comparison is not None and not comparison.equal:
+        raise DatasetError(f"{folder} differs from {compare}: {comparison.summary()}")
 
 
 @cli.command()
@@ -247,13 +350,17 @@ def distill(
 ) -> None:
     """Train a student on reinforced shards with (1-λ)·CLIP + λ·KD; checkpoints export with `edgeclip export`.
 
-    The same command runs on many processes under torchrun (gloo on CPU, nccl on GPU).
+    The same command runs on many processes under torchrun (gloo on CPU, nccl on GPU), on one machine or
+    several (the shards and --output on a shared filesystem; docs/distillation.md). A folder of shards that
+    lacks any its reinforce run planned, or mixes two runs, is refused.
 
     \b
     Example:
       edgeclip distill --data 'shards/{00000..00099}.tar' --model MobileCLIP2-S0 --lambda 1.0 \\
           --steps 20000 --batch-size 256 --output runs/s0
       torchrun --nproc-per-node 8 -m edgeclip distill --data shards/ --model MobileCLIP2-S0 --output runs/s0
+      torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint node0:29500 \\
+          -m edgeclip distill --data /shared/shards --model MobileCLIP2-S0 --device cuda --output /shared/s0
       edgeclip export --model MobileCLIP2-S0 --pretrained runs/s0/model.safetensors --output s0.edgeclip
     """
     import torch

@@ -49,6 +49,7 @@ class TrainingData:
             if config.datacompdr:
                 manifest = DatasetManifest.datacompdr(config.datacompdr, config.images or "")
             self.shards = ReinforcedShards(config.data, manifest)
+            self.shards.require_complete(config.data)  # a folder lacking planned shards: a worker has not finished
             self.manifest = self.shards.manifest
             self.pixels: ImageCaptionSource = open_pixels(self.manifest, config.images)
             self.augment = self.manifest.augment

@@ -9,6 +9,7 @@ refused or left out (`skip_missing`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Callable
@@ -77,6 +78,17 @@ class ImageCaptionSource:
     def item(self, index: int) -> tuple[Record, Image.Image]:
         """Record and image together (sources that draw both at once override this)."""
         return self.record(index), self.image(index)
+
+    def fingerprint(self) -> str:
+        """A digest of the records in order (uid, caption): two jobs on different copies of a source agree on it.
+
+        Paths are left out (each machine may mount the data elsewhere), and so are the pixels (hashing every image
+        would cost as much as reading it); each sample's sha256 records those where the image is a local file.
+        """
+        digest = hashlib.sha256(f"{self.kind}\n{len(self)}\n".encode())
+        for record in self._records:
+            digest.update(f"{record.uid}\t{record.caption}\n".encode())
+        return digest.hexdigest()[:16]
 
     def find(self, uid: str | None = None, url: str | None = None) -> int | None:
         """The index of the record with this uid (or, failing that, this url): how DataCompDR shards join pixels."""
@@ -174,6 +186,11 @@ class ShapesSource(ImageCaptionSource):
         except ValueError:
             raise UsageError(f"shapes source {spec!r}: count and size must be integers") from None
         return cls(spec, ShapesDataset(split=split, size=size, length=count))
+
+    def fingerprint(self) -> str:
+        """Shapes are drawn from their index: the split, count and size decide every record."""
+        d = self.dataset
+        return hashlib.sha256(f"shapes\n{d.split}\n{len(d)}\n{d.size}\n{d.seed}\n".encode()).hexdigest()[:16]
 
     def record(self, index: int) -> Record:
         """Drawing the item gives its caption; shapes items are cheap to draw."""

@@ -12,7 +12,8 @@ import io
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,13 +187,19 @@ class TarReader:
         self.close()
 
 
-def write_tar(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+def write_tar(
+    path: Path,
+    samples: Iterable[tuple[str, dict[str, bytes]]],
+    before_publish: Callable[[int], None] | None = None,
+) -> int:
     """Write samples as `<key>.<ext>` members to `path` through a temporary file; returns the bytes written.
 
     Headers are fixed (mtime 0, root owner, mode 0644), so the same samples always give the same bytes.
+    `before_publish(size)` runs once the temporary file is whole, before it is renamed into place. The temporary
+    name is unique across machines (jobs on several nodes may share the folder and a process id).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     try:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for key, members in samples:
@@ -202,6 +209,8 @@ def write_tar(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> in
                     info.mode = 0o644
                     info.uname = info.gname = "root"
                     tar.addfile(info, io.BytesIO(data))
+        if before_publish is not None:
+            before_publish(tmp.stat().st_size)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
