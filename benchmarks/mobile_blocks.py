@@ -77,8 +77,9 @@ def main() -> None:
             pte = Path(tmp) / f"{name}.pte"
             pte.write_bytes(lowered.buffer)
             spec = TensorSpec("x", tuple(example.shape), "float32")
-            backend = ExecuTorchBackend(pte, EncoderSpec(pte.name, "", (spec,), (spec,)), RuntimeOptions(args.threads))
-            runners[f"{name} et"] = lambda b=backend, a=example.numpy(): b.run({"x": a})
+            options = RuntimeOptions(threads=args.threads)
+            backend = ExecuTorchBackend(pte, EncoderSpec(pte.name, "", (spec,), (spec,)), options)
+            runners[f"{name} et"] = lambda b=backend, f=feed: b.run(f)
             fallback = ", ".join(f"{k}x{v}" for k, v in lowered.placement["fallback"].items())
             print(f"  {name}: input {tuple(example.shape)}, {lowered.placement['pieces']} pieces, "
                   f"outside: {fallback or '-'}", flush=True)  # fmt: skip
