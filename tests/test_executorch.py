@@ -57,7 +57,7 @@ def test_module_rewrites_compute_what_the_modules_they_replace_compute(tiny_mode
     x = torch.randn(2, 64, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), attention(x), atol=2e-5, rtol=1e-4)
-    with pytest.raises(UsageError, match="unknown module rewrite 'layernorm' .*expected one of"):
+    with pytest.raises(UsageError, match="unknown module rewrite 'layernorm': expected one of"):
         apply_module_rewrites(attention, ["layernorm"])
     assert set(XNNPACK_REWRITES) <= set(MODULE_REWRITES)
 
