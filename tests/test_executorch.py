@@ -153,10 +153,11 @@ class TestTinyBundle:
         broken.write_bytes((bundle / spec.file).read_bytes()[:4096])
         with pytest.raises(BundleError, match="could not be loaded by ExecuTorch"):
             ExecuTorchBackend(broken, spec, RuntimeOptions())
-        with pytest.raises(BundleError, match="placement record"):  # no record beside this copy
-            ExecuTorchBackend(bundle / spec.file, spec, RuntimeOptions()).placement.__func__(  # type: ignore[attr-defined]
-                type("Copy", (), {"path": tmp_path / "image_encoder.pte"})()
-            )
+        alone = tmp_path / "alone" / spec.file  # the .pte without the placement record written beside it
+        alone.parent.mkdir()
+        alone.write_bytes((bundle / spec.file).read_bytes())
+        with pytest.raises(BundleError, match="placement record"):
+            ExecuTorchBackend(alone, spec, RuntimeOptions()).placement()
         result = CliRunner().invoke(cli, ["info", str(bundle), "--verify"])
         assert result.exit_code == 0 and "verified" in result.output, result.output
 
