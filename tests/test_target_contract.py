@@ -20,9 +20,9 @@ NAMES = [spec.name for spec in list_targets()]
 RUNS_HERE_WITH = {"tensorrt": {"onnx_only": True}}
 
 
-# Targets whose tiny export alone takes half a minute on 2 cores (coremltools' conversion): checked by the whole
-# suite, left out of the `-m "not slow"` inner loop.
-SLOW_EXPORTS = {"coreml"}
+# Targets whose tiny export alone takes half a minute or more on 2 cores (coremltools' conversion, ExecuTorch's
+# lowering): checked by the whole suite, left out of the `-m "not slow"` inner loop.
+SLOW_EXPORTS = {"coreml", "executorch"}
 EXPORTS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPORTS else n for n in NAMES]
 
 
