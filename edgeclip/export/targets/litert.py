@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeclip.errors import ExportError, UsageError
+from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
 from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders, ExportOptions
 from edgeclip.export.target_options import Choice, Flag, Float, TargetOptions, option, options_of
 from edgeclip.export.targets import TargetSpec, register_target
@@ -100,6 +100,7 @@ SPEC = TargetSpec(
     precisions=("fp32", "int8"),
     file_suffix=".tflite",
     dynamic_batch=False,
+    requires="litert-torch and ai-edge-litert: pip install 'edgeclip[litert]'",
     extra="litert",
     platforms=("Android", "iOS", "Linux", "macOS", "Windows"),
     options_type=LiteRTOptions,
@@ -122,7 +123,7 @@ def validate_options(options: ExportOptions) -> ExportOptions:
     needed = ("litert_torch", "ai_edge_litert") + (("ai_edge_quantizer",) if options.precision == "int8" else ())
     missing = _missing(needed)
     if missing is not None:
-        raise UsageError(f"the litert target needs {missing.replace('_', '-')}: {INSTALL_HINT}")
+        raise RuntimeUnavailable(f"the litert target needs {missing.replace('_', '-')}: {INSTALL_HINT}")
     return replace(options, target_options=opts)
 
 
