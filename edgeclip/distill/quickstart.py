@@ -132,7 +132,7 @@ def write_paraphrases(train_spec: str, path: Path, count: int, templates: tuple[
         for i in range(len(source)):
             sample = source.dataset[i]
             a = {**sample.attributes, "where": POSITION_PHRASES[sample.attributes["position"]]}
-            captions = [templates[k % len(templates)].format(**a) for k in range(count)]
+            captions = [p.format(**a) for p in templates[:count]]
             f.write(json.dumps({"uid": source.record(i).uid, "captions": captions}) + "\n")
     return path
 
