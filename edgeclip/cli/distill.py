@@ -421,7 +421,11 @@ def distill(
     type=click.Path(path_type=Path),
     help="Folder for everything the quickstart makes.",
 )
-@click.option("--fast", is_flag=True, help="A much smaller run (seconds), for tests: accuracy means little.")
+@click.option(
+    "--fast", is_flag=True,
+    help="A seconds-long smoke run of every stage (48 images, 2 steps each): it gives up accuracy, the models "
+    "learn nothing, so its figures are chance.",
+)  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace an earlier quickstart folder at --output.")
 @click.option("--threads", type=click.IntRange(min=1), help="PyTorch CPU threads (default: PyTorch's choice).")
 @quiet_option

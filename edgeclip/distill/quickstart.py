@@ -43,6 +43,17 @@ class QuickstartPlan:
     synthetic_captions: int
     teacher_lr: float = 2e-3
     student_lr: float = 2e-3
+    seed: int = 0  # both runs' initialisation and batch order: the same plan gives the same figures
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # RandomResizedCrop area range of the teacher's and stored views
+    randaug_ops: int = 1
+    randaug_magnitude: int = 3
+    paraphrases: tuple[str, ...] = ()  # templates of the captions mixed into the teacher's (default _PARAPHRASES)
+
+    def augment(self):
+        """The teacher's and reinforcement's augmentation (mild: captions name colours and positions)."""
+        from edgeclip.distill.augment import AugmentConfig
+
+        return AugmentConfig(scale=self.crop_scale, num_ops=self.randaug_ops, magnitude=self.randaug_magnitude)
 
 
 FULL = QuickstartPlan(
@@ -79,6 +90,7 @@ class QuickstartResult:
     predictions: tuple[tuple[str, str, str, float], ...]  # file, true shape, predicted, probability
     timings: dict[str, float] = field(default_factory=dict)
     plan: QuickstartPlan = FULL
+    cpu_seconds: float = 0.0  # this process's user + system CPU time over the run
 
     @property
     def wall_seconds(self) -> float:
@@ -94,6 +106,7 @@ class QuickstartResult:
             ],
             "timings": self.timings,
             "wall_seconds": round(self.wall_seconds, 1),
+            "cpu_seconds": self.cpu_seconds,
             "plan": asdict(self.plan),
         }
 
@@ -108,17 +121,18 @@ _PARAPHRASES = (
 )
 
 
-def write_paraphrases(train_spec: str, path: Path, count: int) -> Path:
+def write_paraphrases(train_spec: str, path: Path, count: int, templates: tuple[str, ...] = ()) -> Path:
     """Synthetic captions for every shapes item, as the JSONL `edgeclip reinforce --captions-file` reads."""
     from edgeclip.data.shapes import POSITION_PHRASES
     from edgeclip.distill.sources import open_shapes
 
+    templates = templates or _PARAPHRASES
     source = open_shapes(train_spec)
     with open(path, "w", encoding="utf-8") as f:
         for i in range(len(source)):
             sample = source.dataset[i]
             a = {**sample.attributes, "where": POSITION_PHRASES[sample.attributes["position"]]}
-            captions = [p.format(**a) for p in _PARAPHRASES[:count]]
+            captions = [p.format(**a) for p in templates[:count]]
             f.write(json.dumps({"uid": source.record(i).uid, "captions": captions}) + "\n")
     return path
 
@@ -164,6 +178,12 @@ def _bundle_latency_ms(bundle, image, repeats: int = 20) -> float:
     return statistics.median(times) * 1000
 
 
+def _final_color(result) -> float:
+    """The colour top-1 a training run measured at its last step (NaN where it measured none)."""
+    color = [a for s, n, a in result.extra_evals if n == "color" and s == result.steps]
+    return color[-1] if color else float("nan")
+
+
 def _torch_row(name: str, arch: str, result) -> ModelRow:
     """A row for a trained PyTorch model, with the accuracies its training run measured at its last step."""
     from edgeclip.models.loading import load_model
@@ -172,10 +192,10 @@ def _torch_row(name: str, arch: str, result) -> ModelRow:
     weights = result.model_path
     loaded = load_model(arch, str(weights))
     spec, _ = preprocess_spec_for(arch, str(weights))
-    color = [a for s, n, a in result.extra_evals if n == "color" and s == result.steps]
+    color = _final_color(result)
     params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
     return ModelRow(name, arch, "pytorch fp32", params, weights.stat().st_size / 1e6, result.final_top1,
-                    color[-1] if color else float("nan"), _torch_latency_ms(loaded.model, spec.image_size))  # fmt: skip
+                    color, _torch_latency_ms(loaded.model, spec.image_size))  # fmt: skip
 
 
 def quickstart(
@@ -184,9 +204,12 @@ def quickstart(
     fast: bool = False,
     force: bool = False,
     on_step: Callable[[str], None] | None = None,
+    plan: QuickstartPlan | None = None,
 ) -> QuickstartResult:
-    """Teacher → reinforce → distill → export → classify on shapes, offline; returns the summary."""
-    from edgeclip.distill.augment import AugmentConfig
+    """Teacher → reinforce → distill → export → classify on shapes, offline; returns the summary.
+
+    `plan` replaces the default (FULL, or FAST with `fast`): smaller ones serve tests and experiments.
+    """
     from edgeclip.distill.config import DistillConfig
     from edgeclip.distill.evaluate import open_eval_set
     from edgeclip.distill.loop import train
@@ -196,11 +219,12 @@ def quickstart(
     from edgeclip.runtimes import ZeroShotClassifier, load_bundle
 
     say = on_step or (lambda _m: None)
-    plan = FAST if fast else FULL
+    plan = plan or (FAST if fast else FULL)
     output = Path(output)
     _prepare(output, force)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    cpu_start = time.process_time()
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -210,18 +234,18 @@ def quickstart(
 
     train_spec = f"shapes:train:{plan.train_samples}"
     eval_spec = f"shapes:eval:{plan.eval_samples}"
-    augment = AugmentConfig(scale=(0.6, 1.0), num_ops=1, magnitude=3)  # mild: captions name colours
+    augment = plan.augment()
 
     captions = write_paraphrases(train_spec, output / "synthetic_captions.jsonl",
-                                 max(PARAPHRASES, plan.synthetic_captions))  # fmt: skip
+                                 max(PARAPHRASES, plan.synthetic_captions), plan.paraphrases)  # fmt: skip
     say(f"[1/6] training the teacher {TEACHER} on {train_spec} with plain CLIP loss ({plan.teacher_steps} steps)")
     teacher = train(DistillConfig(
         model=TEACHER, data=train_spec, output=str(output / "teacher"), loss="clip", steps=plan.teacher_steps,
         batch_size=plan.batch_size, lr=plan.teacher_lr, warmup=max(1, plan.teacher_steps // 10), augment=augment,
-        captions=str(captions), eval=eval_spec, log_every=50,
+        captions=str(captions), eval=eval_spec, log_every=50, seed=plan.seed,
     ))  # fmt: skip
     lap("teacher")
-    say(f"      teacher zero-shot top-1: shape {teacher.final_top1:.3f}")
+    say(f"      teacher zero-shot top-1: shape {teacher.final_top1:.3f}, colour {_final_color(teacher):.3f}")
 
     say(f"[2/6] reinforcing {train_spec}: K={plan.augmentations} views, S={plan.synthetic_captions} captions")
     reinforced = reinforce(
@@ -236,10 +260,10 @@ def quickstart(
     student = train(DistillConfig(
         model=STUDENT, data=str(output / "shards"), output=str(output / "student"), loss="reinforced", lam=1.0,
         steps=plan.student_steps, batch_size=plan.batch_size, lr=plan.student_lr,
-        warmup=max(1, plan.student_steps // 10), eval=eval_spec, log_every=50,
+        warmup=max(1, plan.student_steps // 10), eval=eval_spec, log_every=50, seed=plan.seed,
     ))  # fmt: skip
     lap("distill")
-    say(f"      student zero-shot top-1: shape {student.final_top1:.3f}")
+    say(f"      student zero-shot top-1: shape {student.final_top1:.3f}, colour {_final_color(student):.3f}")
 
     say("[4/6] exporting the student to an ONNX bundle")
     bundle_path = output / "student.edgeclip"
@@ -284,7 +308,8 @@ def quickstart(
         ),
     )  # fmt: skip
     lap("measure")
-    result = QuickstartResult(output, bundle_path, rows, predictions, timings, plan)
+    result = QuickstartResult(output, bundle_path, rows, predictions, timings, plan,
+                              round(time.process_time() - cpu_start, 1))  # fmt: skip
     (output / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     return result
 
@@ -302,11 +327,12 @@ def rows_params(bundle_path: Path) -> float:
 
 
 def format_summary(result: QuickstartResult) -> str:
-    """The table the quickstart prints."""
+    """The table the quickstart prints, ending with the figures a newcomer looks for."""
+    plan = result.plan
     lines = [
         f"quickstart: {result.output}  (wall time {result.wall_seconds:.0f} s: "
         + ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items())
-        + ")",
+        + f"; CPU time {result.cpu_seconds:.0f} s)",
         "",
         f"{'model':<16} {'architecture':<20} {'runtime':<17} {'params':>8} {'size':>9} {'shape':>6} {'colour':>6} "
         f"{'latency':>9}",
@@ -318,12 +344,24 @@ def format_summary(result: QuickstartResult) -> str:
         )
     lines.append("")
     lines.append(
-        f"shape / colour: zero-shot top-1 on {result.plan.eval_samples} held-out shapes images "
-        "(8 shapes, 'a photo of a {}'; 8 colours, 'a photo of a {} shape')"
+        f"shape / colour: zero-shot top-1 on {plan.eval_samples} held-out shapes:eval images, never trained on "
+        f"(8 shapes, 'a photo of a {{}}'; 8 colours, 'a photo of a {{}} shape'; chance 0.125); trained on "
+        f"{plan.train_samples} shapes:train images, seed {plan.seed}"
     )
     lines.append("latency: median over 20 runs, one 64x64 image")
-    lines.append(f"bundle {result.bundle} classified:")
+    right = sum(truth == predicted for _, truth, predicted, _ in result.predictions)
+    lines.append(f"the exported bundle classified {right} of {len(result.predictions)} sample images right:")
     for file, truth, predicted, p in result.predictions:
         mark = "ok " if truth == predicted else "no "
-        lines.append(f"  {mark} {Path(file).name:<18} -> {predicted} ({p:.2f})")
+        lines.append(f"  {mark} {Path(file).name:<18} truth {truth:<9} predicted {predicted} ({p:.2f})")
+    rows = {r.name: r for r in result.rows}
+    lines.append("")
+    for name in ("teacher", "student"):
+        if name in rows:
+            r = rows[name]
+            lines.append(f"{name:<8} shape top-1 {r.top1:.3f}  colour top-1 {r.top1_color:.3f}  ({r.architecture})")
+    lines.append(f"wall time {result.wall_seconds:.0f} s, CPU time {result.cpu_seconds:.0f} s")
+    lines.append(
+        f"bundle: {result.bundle}  (classify with it: edgeclip classify {result.bundle} IMAGE --head zero-shot)"
+    )
     return "\n".join(lines)
