@@ -57,6 +57,7 @@ def build_quantized(root: Path, bundle) -> dict:
     from edgeclip.precision.dynamic import quantize_dynamic_int8
     from edgeclip.precision.gate import gate_inputs
     from edgeclip.precision.lower import lower_precision
+    from edgeclip.precision.recipes import DYNAMIC_RECIPE_FOR
     from edgeclip.precision.static import quantize_static_int8
 
     m = bundle.manifest
@@ -84,8 +85,11 @@ def build_quantized(root: Path, bundle) -> dict:
     files["int8-static-text"] = (files["int8-edgeclip"][0], root / "static-text.onnx")
     quantize_static_int8(fp32[1], files["int8-static-text"][1], inputs.text_feeds, recipe="edgeclip-text")
     files["int8-dynamic"] = (root / "dynamic-image.onnx", root / "dynamic-text.onnx")
-    for i in range(2):
-        quantize_dynamic_int8(fp32[i], files["int8-dynamic"][i])
+    for i, role in enumerate(("image", "text")):
+        quantize_dynamic_int8(fp32[i], files["int8-dynamic"][i], recipe=DYNAMIC_RECIPE_FOR[role])
+    # the text recipe before attention fusion (ORT's quantize_dynamic on the exported graph), for comparison
+    files["int8-text-matmul"] = (files["int8-edgeclip"][0], root / "text-matmul.onnx")
+    quantize_dynamic_int8(fp32[1], files["int8-text-matmul"][1], recipe="matmul")
     calib_feeds = {"image": feeds({"pixels": calib.pixels[:64]}), "text": inputs.text_feeds[:64]}
     return {"files": files, "calib": calib_feeds}
 

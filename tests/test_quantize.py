@@ -153,6 +153,7 @@ def test_dynamic_int8_needs_no_calibration(tiny_bundle: Path, tmp_path: Path) ->
     record, out = _lower(tiny_bundle, tmp_path, "int8", None, dynamic=True)
     assert record["mode"] == "dynamic" and record["gate"]["text"]["mean_cosine"] > 0.95
     assert "DynamicQuantizeLinear" in _ops(out[1]) or "MatMulInteger" in _ops(out[1])
+    assert record["recipes"] == {"image": "matmul", "text": "edgeclip-dynamic"} and "QAttention" in _ops(out[1])
 
 
 def test_gate_fails_the_export_when_the_drop_is_too_large(tiny_bundle: Path, calib_npz: Path, tmp_path: Path) -> None:
@@ -490,3 +491,58 @@ def test_recipes_are_registered_by_target_and_precision() -> None:
         target_recipe("coreml", "int8")
     with pytest.raises(UsageError, match="quantization recipe 'edgeclip' is unknown"):
         quantize_static_int8(Path("unused.onnx"), Path("unused-q.onnx"), [], recipe="edgeclip")
+
+
+def _tokens(tiny_bundle: Path) -> np.ndarray:
+    m = load_bundle(tiny_bundle).manifest
+    tokenizer = Tokenizer.from_file(tiny_bundle / m.tokenizer.file, m.tokenizer)
+    return tokenizer.encode(["a red circle on a blue background", "two green squares"])
+
+
+def test_fuse_attention_replaces_every_attention_block_and_computes_the_same(tiny_bundle: Path, tmp_path: Path) -> None:
+    from edgeclip.precision.rewrites import fuse_attention_file
+
+    src, dst = tiny_bundle / "text_encoder.onnx", tmp_path / "fused.onnx"
+    softmaxes = sum(n.op_type == "Softmax" for n in onnx.load(str(src)).graph.node)
+    assert fuse_attention_file(src, dst) == softmaxes > 0
+    fused = onnx.load(str(dst))
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("Attention") == softmaxes and "Softmax" not in ops and "Transpose" not in ops
+    tokens = _tokens(tiny_bundle)
+    want, got = (
+        onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"token_ids": tokens})[0]
+        for p in (src, dst)
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_fused_attention_that_does_not_match_is_left_unfused(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeclip.precision.rewrites as rewrites
+
+    monkeypatch.setattr(rewrites, "ATTENTION_TOLERANCE", -1.0)  # no difference is small enough: the check fails
+    src, dst = tiny_bundle / "text_encoder.onnx", tmp_path / "fused.onnx"
+    with pytest.warns(UserWarning, match="fused attention does not match the graph; left unfused"):
+        assert rewrites.fuse_attention_file(src, dst) == 0
+    assert "Attention" not in _ops(dst) and "Softmax" in _ops(dst)
+
+
+def test_dynamic_text_int8_runs_attention_as_qattention(tiny_bundle: Path, tmp_path: Path) -> None:
+    from edgeclip.precision.dynamic import quantize_dynamic_int8
+
+    src = tiny_bundle / "text_encoder.onnx"
+    assert quantize_dynamic_int8(src, tmp_path / "new.onnx", recipe="edgeclip-dynamic") > 0
+    quantize_dynamic_int8(src, tmp_path / "old.onnx", recipe="matmul")
+    assert "QAttention" in _ops(tmp_path / "new.onnx") and "QAttention" not in _ops(tmp_path / "old.onnx")
+    tokens = _tokens(tiny_bundle)
+    run = {
+        p: onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"token_ids": tokens})[0]
+        for p in (src, tmp_path / "new.onnx", tmp_path / "old.onnx")
+    }
+    cosine = (run[src] * run[tmp_path / "new.onnx"]).sum(-1) / (
+        np.linalg.norm(run[src], axis=-1) * np.linalg.norm(run[tmp_path / "new.onnx"], axis=-1)
+    )
+    assert cosine.min() > 0.99
+    with pytest.raises(UsageError, match="dynamic quantization recipe 'nope' is unknown"):
+        quantize_dynamic_int8(src, tmp_path / "x.onnx", recipe="nope")

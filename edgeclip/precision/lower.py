@@ -17,10 +17,10 @@ import numpy as np
 from edgeclip.calibration import CalibrationSet
 from edgeclip.errors import ExportError, UsageError
 from edgeclip.metrics.parity import GateReport
-from edgeclip.precision.dynamic import DYNAMIC_OPS, quantize_dynamic_int8
+from edgeclip.precision.dynamic import quantize_dynamic_int8
 from edgeclip.precision.fp16 import FP16_KEEP_FLOAT_RECORD, convert_fp16
 from edgeclip.precision.gate import GateInputs, gate_inputs, measure_gate
-from edgeclip.precision.recipes import TargetRecipe, target_recipe
+from edgeclip.precision.recipes import DYNAMIC_RECIPE_FOR, TargetRecipe, get_dynamic_recipe, target_recipe
 from edgeclip.precision.static import preprocess_for_quantization, quantize_static_int8, quantized_nodes
 from edgeclip.runtimes.preprocess import PreprocessSpec
 
@@ -131,9 +131,10 @@ def lower_precision(
             convert_fp16(src, dst)
         record["fp16_keep_float"] = FP16_KEEP_FLOAT_RECORD
     elif request.dynamic:
-        for src, dst in zip(fp32, out, strict=True):
-            quantize_dynamic_int8(src, dst)
-        record.update(mode="dynamic", ops=list(DYNAMIC_OPS))
+        for src, dst, role in zip(fp32, out, ROLES, strict=True):
+            quantize_dynamic_int8(src, dst, recipe=DYNAMIC_RECIPE_FOR[role])
+        ops = sorted({op for role in ROLES for op in get_dynamic_recipe(DYNAMIC_RECIPE_FOR[role]).op_types})
+        record.update(mode="dynamic", ops=ops, recipes=dict(DYNAMIC_RECIPE_FOR))
     else:
         if calib is None:  # parse_options guarantees a calibration source for static int8
             raise UsageError("static int8 needs a calibration set")
@@ -148,7 +149,7 @@ def lower_precision(
         }
         for i, role in enumerate(ROLES):
             if role not in static:
-                quantize_dynamic_int8(fp32[i], out[i])
+                quantize_dynamic_int8(fp32[i], out[i], recipe=DYNAMIC_RECIPE_FOR[role])
         if request.auto_exclude:
             drop = drop if drop is not None else AUTO_EXCLUDE_DROP
             excluded = _auto_exclude(fp32, out, nodes, inputs, recipes, request.method, gate, step, static)
@@ -158,6 +159,7 @@ def lower_precision(
             text_int8=request.text_int8,
             method=request.method,
             recipes={role: recipes.for_role(role).name for role in static},
+            dynamic_recipes={role: DYNAMIC_RECIPE_FOR[role] for role in ROLES if role not in static},
             recipe_details={role: recipes.for_role(role).description for role in static},
             set=calib.describe(),
             held_out_images=len(inputs.pixels),

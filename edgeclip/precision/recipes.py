@@ -119,6 +119,34 @@ class TargetRecipe:
 TARGET_RECIPES: dict[tuple[str, str], TargetRecipe] = {}
 
 
+@dataclass(frozen=True)
+class DynamicRecipe:
+    """A dynamic int8 recipe (weights int8 ahead of time, activation ranges at run time): the ops it quantizes
+    and the fp32 graph rewrites made first."""
+
+    name: str
+    description: str
+    op_types: tuple[str, ...]
+    fuse_attention: bool = False  # com.microsoft Attention first (rewrites.fuse_attention), quantized to QAttention
+
+
+DYNAMIC_RECIPES: dict[str, DynamicRecipe] = {}
+
+
+def register_dynamic_recipe(recipe: DynamicRecipe) -> DynamicRecipe:
+    """Add a dynamic int8 recipe to the registry; names are unique."""
+    add_once(DYNAMIC_RECIPES, recipe.name, recipe, "dynamic quantization recipe")
+    return recipe
+
+
+def get_dynamic_recipe(name: str) -> DynamicRecipe:
+    """The registered dynamic recipe `name`, or a UsageError listing the registered ones."""
+    if name not in DYNAMIC_RECIPES:
+        known = ", ".join(DYNAMIC_RECIPES)
+        raise UsageError(f"dynamic quantization recipe {name!r} is unknown: expected one of {known}")
+    return DYNAMIC_RECIPES[name]
+
+
 def register_target_recipe(target: str, precision: str, *, image: str, text: str) -> TargetRecipe:
     """Say which registered recipes `target` applies at `precision`; one entry per (target, precision)."""
     if (target, precision) in TARGET_RECIPES:
@@ -193,4 +221,22 @@ register_recipe(
 )
 
 register_target_recipe("onnx", "int8", image="edgeclip-image", text="edgeclip-text")
+
+# Dynamic int8: the text encoder's default under static int8, and both encoders under --dynamic.
+# Attention fused first, then QAttention: docs/quantization.md#the-text-encoder
+register_dynamic_recipe(
+    DynamicRecipe("matmul", "MatMul/Gemm weights int8 (ONNX Runtime's quantize_dynamic on the exported graph)",
+                  ("MatMul", "Gemm"))
+)  # fmt: skip
+register_dynamic_recipe(
+    DynamicRecipe(
+        "edgeclip-dynamic",
+        "self-attention fused into com.microsoft Attention, then MatMul/Gemm and Attention weights int8 (QAttention)",
+        ("MatMul", "Gemm", "Attention"),
+        fuse_attention=True,
+    )
+)
+# The dynamic recipe each encoder gets (the text encoder under static int8, both under --dynamic). The image
+# encoder's two attention blocks sit among convs and measured no faster fused: it keeps plain MatMul/Gemm.
+DYNAMIC_RECIPE_FOR = {"image": "matmul", "text": "edgeclip-dynamic"}
 register_target_recipe("tensorrt", "int8", image="tensorrt", text="tensorrt")
