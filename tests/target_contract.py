@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from edgeclip.bench.run import parse_targets
+from edgeclip.calibration import CalibrationSet
 from edgeclip.cli import cli
 from edgeclip.cli.export import export as export_command
 from edgeclip.cli.export import target_option_params, target_options_from_flags
@@ -29,6 +31,7 @@ from edgeclip.export.target_options import (
 )
 from edgeclip.export.targets import get_target
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest
+from edgeclip.runtimes.preprocess import PreprocessSpec
 from tests.conftest import TINY
 
 
@@ -37,6 +40,13 @@ def precision_for(name: str, info: OptionInfo) -> str:
     spec = get_target(name).spec
     fits = [p for p in spec.precisions if not info.precisions or p in info.precisions]
     return spec.default_precision if spec.default_precision in fits else fits[0]
+
+
+def _calibration_file(path: Path) -> Path:
+    """A real (tiny) calibration set: a target may read its file options before exporting, as executorch does."""
+    spec = PreprocessSpec((64, 64), "shortest", "bicubic", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    pixels = np.zeros((2, 3, 64, 64), np.float32)
+    return CalibrationSet(pixels, spec, ("a.png", "b.png"), ("a photo",), "random", 0).save(path)
 
 
 def sample(info: OptionInfo, tmp: Path) -> tuple[list[str], str] | None:
@@ -51,9 +61,7 @@ def sample(info: OptionInfo, tmp: Path) -> tuple[list[str], str] | None:
     elif isinstance(kind, Float):
         value = str((kind.low + kind.high) / 2)
     elif isinstance(kind, (File, Files)):
-        path = tmp / f"{key}.npz"
-        path.write_bytes(b"")
-        value = str(path)
+        value = str(_calibration_file(tmp / f"{key}.npz"))
     elif isinstance(kind, Ints):
         value = str(kind.low + 1)
     else:
