@@ -10,6 +10,7 @@ import click
 from edgeclip.cli import (
     CommaList,
     EdgeclipGroup,
+    backend_options,
     cli,
     emit_json,
     json_option,
@@ -27,20 +28,31 @@ from edgeclip.cli import (
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check file sha256 sums.")
+@click.option("--threads", type=click.IntRange(min=1), help="With --backend: CPU threads for the runtime.")
+@backend_options
 @json_option
-def info(bundle: Path, verify: bool, as_json: bool) -> None:
+def info(
+    bundle: Path, verify: bool, threads: int | None, backend: str | None, precision_hint: str | None, as_json: bool
+) -> None:
     """Show what a bundle holds: model, target, preprocessing, tokenizer, files, parity and heads.
 
+    With --backend (or --precision-hint) it also loads the encoders and says which runtime runs them, how, and
+    why it was picked (`--backend auto`: the probe's figures).
+
     \b
-    Example:
+    Examples:
       edgeclip info mc2s0.edgeclip
+      edgeclip info mc2s0.edgeclip --backend auto --threads 2
     """
     from edgeclip.runtimes import load_bundle
 
-    b = load_bundle(bundle, verify=verify)
+    b = load_bundle(bundle, verify=verify, threads=threads, backend=backend, precision_hint=precision_hint)
     if verify:
         b.verify()
     summary = b.summary()
+    runtime = b.runtime_summary() if backend is not None or precision_hint is not None else None
+    if runtime is not None:
+        summary["runtime"] = runtime
     if as_json:
         emit_json(summary)
         return
@@ -69,6 +81,9 @@ def info(bundle: Path, verify: bool, as_json: bool) -> None:
                 f"max abs diff {q.max_abs_diff:.2e} ({q.samples} samples vs {q.reference})"
             )
     click.echo(f"heads      {', '.join(summary['heads']) or 'none'}")
+    if runtime is not None:
+        click.echo(f"runtime    {runtime['backend']}: {runtime['runs'] or '-'}")
+        click.echo(f"           picked: {runtime['why']}")
     checked = "verified" if verify else "not verified"
     if verify and not m.covers_every_file:
         checked = (
@@ -189,6 +204,7 @@ def heads_remove(bundle: Path, name: str) -> None:
 @max_pixels_option
 @verify_option
 @runtime_options
+@backend_options
 @quiet_option
 @json_option
 def classify(
@@ -205,6 +221,8 @@ def classify(
     no_verify: bool,
     providers: tuple[str, ...],
     threads: int | None,
+    backend: str | None,
+    precision_hint: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -225,7 +243,14 @@ def classify(
     if as_json and as_jsonl:
         raise click.UsageError("give --json or --jsonl, not both")
     paths = expand_image_paths(images)
-    b = load_bundle(bundle, providers=providers or None, threads=threads, verify=not no_verify)
+    b = load_bundle(
+        bundle,
+        providers=providers or None,
+        threads=threads,
+        verify=not no_verify,
+        backend=backend,
+        precision_hint=precision_hint,
+    )
     clf = ZeroShotClassifier(b, labels=labels, templates=_templates(templates), head=head)
     width = max(len(str(p)) for p in paths)
     bad = 0
