@@ -102,7 +102,7 @@ def _check_inputs(path: Path, model: Any, encoder: EncoderSpec) -> None:
         if fixed and dims is not None:
             fixed = all(a is None or not isinstance(w, int) or a == w for a, w in zip(dims, want, strict=True))
         if not fixed:
-            shown = [d if d is not None else "?" for d in dims] if dims is not None else "dynamic rank"
+            shown = f"[{', '.join('?' if d is None else str(d) for d in dims)}]" if dims is not None else "dynamic rank"
             raise BundleError(
                 f"{path}: the encoder's input {name!r} has shape {shown}: expected {want} as the manifest says"
             )
