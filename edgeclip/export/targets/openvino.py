@@ -31,7 +31,7 @@ RECORDED_HINT = {"fp32": "f32", "fp16": "f32", "bf16": "bf16", "int8": None}
 PRESETS = ("performance", "mixed")
 # static: NNCF's full int8 (transformer type: SmoothQuant, int8 activations), fastest on VNNI CPUs; dynamic: int8
 # weights only (nncf.compress_weights), activations in float: the analogue of ONNX's dynamic text int8, closer to fp32.
-TEXT_INT8_MODES = ("static", "dynamic")
+TEXT_INT8_MODES = ("dynamic", "static")  # the onnx target's choices, so both share one --text-int8 flag
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class OpenVinoOptions(TargetOptions):
     )
     text_int8: str = option(
         Choice(TEXT_INT8_MODES),
-        TEXT_INT8_MODES[0],
+        "static",
         help="int8: how the text encoder is quantized (static: NNCF int8 activations and weights, fastest; "
         "dynamic: int8 weights, activations quantized at run time, closer to fp32)",
         precisions=("int8",),
