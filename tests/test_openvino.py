@@ -203,3 +203,28 @@ def test_auto_probes_once_caches_outside_the_bundle_and_says_why(tiny_bundle: Pa
     for entry in cache.glob("*.json"):
         entry.write_text("{broken")  # a broken cache entry is probed again, not trusted
     assert not load_bundle(tiny_bundle, backend="auto", threads=1).choice.cached  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_int8_bundle_through_nncf_passes_its_gate(tmp_path: Path, tiny_bundle: Path) -> None:
+    from PIL import Image
+
+    from edgeclip.data.shapes import ShapesDataset
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    shapes = ShapesDataset("train", size=64, seed=1)
+    for i in range(20):
+        Image.fromarray(shapes[i].image).save(calib / f"{i}.png")
+    out = tmp_path / "int8.edgeclip"
+    export_bundle(TINY, output=out, target="openvino", precision="int8", random_init=True,
+                  target_options={"calibration": calib})  # fmt: skip
+    manifest = BundleManifest.from_json((out / MANIFEST_NAME).read_text(), str(out))
+    record = manifest.calibration
+    assert record["quantizer"].startswith("nncf") and record["text_int8"] == "dynamic" and record["gate"]["passed"]
+    assert record["gate"]["image"]["mean_cosine"] > 0.99 and record["gate"]["text"]["mean_cosine"] > 0.99
+    assert manifest.target_info["openvino"]["weights"] == "int8"
+    bundle = load_bundle(out, threads=1)
+    assert cosine_rows(bundle.encode_text(TEXTS), load_bundle(tiny_bundle).encode_text(TEXTS)).min() > 0.99
+    quantized = placement_of(bundle.encoder("image"))
+    assert quantized is not None and ("i8" in quantized.note or "u8" in quantized.note)  # int8 layers really run
