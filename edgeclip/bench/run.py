@@ -187,6 +187,8 @@ def run_bench(
     warmup: int = 10,
     threads: int | None = None,
     providers: Sequence[str] | None = None,
+    backend: str | None = None,
+    precision_hint: str | None = None,
     dataset: str | Path | None = None,
     eval_images: int = 200,
     templates: str | Sequence[str] = DEFAULT_TEMPLATES,
@@ -206,6 +208,8 @@ def run_bench(
     Each row is measured in a fresh process when `isolate` (cold start and peak memory then belong to it alone).
     `verify=False` skips the sha256 check of each bundle's files as it loads (as `--no-verify` does).
     `reference` names the row parity is measured against (default: the eager baseline, else the first fp32 row).
+    `backend` and `precision_hint` are passed to every bundle row's `load_bundle` (e.g. "auto"; None: each
+    bundle's own backend); each row's runtime then says what ran and why it was picked.
     """
     step = on_step or (lambda _msg: None)
     batch_sizes = _check_settings(model, bundles, targets, batch_sizes, runs, warmup, eval_images, threads)
@@ -239,6 +243,7 @@ def run_bench(
         for i, cand in enumerate(candidates):
             entry: BenchEntry | None = None
             source: dict[str, Any] = {}  # what the row's subject opens: set below for every row measured
+            runtime = {"verify": verify, "backend": backend, "precision_hint": precision_hint}
             export_s = None
             if cand.kind == "eager":
                 source = {"architecture": model, "pretrained": pretrained, "random_init": random_init}
@@ -258,9 +263,9 @@ def run_bench(
                 started = time.perf_counter()
                 entry = _export(_model_of(cand, model), pretrained, random_init, cand, out)
                 export_s = round(time.perf_counter() - started, 2)
-                source = {"path": str(out), "verify": verify}
+                source = {"path": str(out), **runtime}
             else:
-                source = {"path": str(cand.path), "verify": verify}
+                source = {"path": str(cand.path), **runtime}
             if entry is None:
                 step(f"measuring {cand.name}")
                 request = MeasureRequest(
@@ -295,6 +300,8 @@ def run_bench(
         "warmup": warmup,
         "threads": threads,
         "providers": list(providers) if providers else None,
+        "backend": backend,
+        "precision_hint": precision_hint,
         "isolated": isolate,
         "reference": reference,
         "dataset": {

@@ -205,6 +205,23 @@ def runtime_options(fn: Callable) -> Callable:
     return fn
 
 
+def backend_options(fn: Callable) -> Callable:
+    """--backend and --precision-hint: which runtime runs the bundle, and the CPU arithmetic asked of it."""
+    fn = click.option(
+        "--precision-hint",
+        type=click.Choice(["auto", "f32", "bf16"]),
+        help="CPU arithmetic for runtimes that choose it (OpenVINO): f32 is exact; bf16 needs AVX512_BF16/AMX "
+        "(elsewhere it warns and runs f32); auto: the bundle's or the runtime's default.",
+    )(fn)
+    fn = click.option(
+        "--backend",
+        metavar="NAME",
+        help="Runtime backend: auto (the fastest installed one, by a probe cached per bundle and machine), "
+        "onnxruntime, openvino, ... (default: the bundle target's own).",
+    )(fn)
+    return fn
+
+
 def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 

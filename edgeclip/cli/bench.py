@@ -11,6 +11,7 @@ import click
 from edgeclip.cli import (
     CommaList,
     EdgeclipGroup,
+    backend_options,
     cli,
     emit_json,
     json_option,
@@ -131,6 +132,7 @@ def show_result(result: BenchResult, json_path: str | None, *, markdown: bool, q
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 @verify_option
 @runtime_options
+@backend_options
 @quiet_option
 def bench_run(
     bundles: tuple[Path, ...],
@@ -154,6 +156,8 @@ def bench_run(
     no_verify: bool,
     providers: tuple[str, ...],
     threads: int | None,
+    backend: str | None,
+    precision_hint: str | None,
     quiet: bool,
 ) -> None:
     """Measure latency, memory, zero-shot top-1 and parity of each target/precision (or bundle) on this device.
@@ -188,6 +192,8 @@ def bench_run(
             warmup=warmup,
             threads=threads,
             providers=providers or None,
+            backend=backend,
+            precision_hint=precision_hint,
             dataset=dataset,
             eval_images=eval_images,
             templates=templates,

@@ -10,6 +10,7 @@ import click
 from edgeclip.cli import (
     CommaList,
     EdgeclipGroup,
+    backend_options,
     cli,
     emit_json,
     json_option,
@@ -33,32 +34,45 @@ from edgeclip.cli import (
     help="Load each encoder with the runtime (and --provider/--threads/--backend) and show which ops its "
     "accelerated delegate took and which fell back.",
 )
-@click.option("--backend", help="Runtime backend to load the encoders with for --placement (default: the target's).")
 @runtime_options
+@backend_options
 @json_option
 def info(
     bundle: Path,
     verify: bool,
     placement: bool,
-    backend: str | None,
     providers: tuple[str, ...],
     threads: int | None,
+    backend: str | None,
+    precision_hint: str | None,
     as_json: bool,
 ) -> None:
     """Show what a bundle holds: model, target, preprocessing, tokenizer, files, parity, golden files and heads.
+
+    With --backend (or --precision-hint) it also loads the encoders and says which runtime runs them, how, and
+    why it was picked (`--backend auto`: the probe's figures).
 
     \b
     Examples:
       edgeclip info mc2s0.edgeclip
       edgeclip info mc2s0.edgeclip --placement --threads 2
+      edgeclip info mc2s0.edgeclip --backend auto --threads 2
     """
     from edgeclip.runtimes import load_bundle
     from edgeclip.runtimes.golden import load_golden
     from edgeclip.runtimes.placement import Placement, bundle_placements
 
-    if not placement and (backend or providers or threads):
-        raise click.UsageError("--backend, --provider and --threads choose how --placement loads the encoders: add it")
-    b = load_bundle(bundle, providers=providers or None, threads=threads, backend=backend, verify=verify)
+    runs = backend is not None or precision_hint is not None
+    if not (placement or runs) and (providers or threads):
+        raise click.UsageError("--provider and --threads choose how --placement or --backend load the encoders")
+    b = load_bundle(
+        bundle,
+        providers=providers or None,
+        threads=threads,
+        backend=backend,
+        precision_hint=precision_hint,
+        verify=verify,
+    )
     if verify:
         b.verify()
     summary = b.summary()
@@ -70,6 +84,9 @@ def info(
             "backend": b.backend_info.name,
             **{role: p.to_dict() if isinstance(p, Placement) else {"unavailable": p} for role, p in placements.items()},
         }
+    runtime = b.runtime_summary() if runs or placement else None
+    if runtime is not None:
+        summary["runtime"] = runtime
     if as_json:
         emit_json(summary)
         return
@@ -111,6 +128,9 @@ def info(
         else:
             click.echo(f"placement  {role:<6} not reported: {placed}")
     click.echo(f"heads      {', '.join(summary['heads']) or 'none'}")
+    if runtime is not None:
+        click.echo(f"runtime    {runtime['backend']}: {runtime['runs'] or '-'}")
+        click.echo(f"           picked: {runtime['why']}")
     checked = "verified" if verify else "not verified"
     if verify and not m.covers_every_file:
         checked = (
@@ -231,6 +251,7 @@ def heads_remove(bundle: Path, name: str) -> None:
 @max_pixels_option
 @verify_option
 @runtime_options
+@backend_options
 @quiet_option
 @json_option
 def classify(
@@ -247,6 +268,8 @@ def classify(
     no_verify: bool,
     providers: tuple[str, ...],
     threads: int | None,
+    backend: str | None,
+    precision_hint: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -267,7 +290,14 @@ def classify(
     if as_json and as_jsonl:
         raise click.UsageError("give --json or --jsonl, not both")
     paths = expand_image_paths(images)
-    b = load_bundle(bundle, providers=providers or None, threads=threads, verify=not no_verify)
+    b = load_bundle(
+        bundle,
+        providers=providers or None,
+        threads=threads,
+        verify=not no_verify,
+        backend=backend,
+        precision_hint=precision_hint,
+    )
     clf = ZeroShotClassifier(b, labels=labels, templates=_templates(templates), head=head)
     width = max(len(str(p)) for p in paths)
     bad = 0

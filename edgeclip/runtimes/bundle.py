@@ -8,14 +8,14 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeclip.data.images import ImageLike, image_list
 from edgeclip.errors import BundleError
-from edgeclip.runtimes.backends import Backend, RuntimeOptions, backend_for_target
+from edgeclip.runtimes.backends import AUTO, Backend, BackendInfo, RuntimeOptions, backend_for_target
 from edgeclip.runtimes.checksums import DIGESTS, atomic_output, sha256_file, sha256_path
 from edgeclip.runtimes.heads import HEADS_DIR, Head, check_head_name
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec
@@ -24,6 +24,8 @@ from edgeclip.runtimes.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from tqdm import tqdm
+
+    from edgeclip.runtimes.backends.auto import Choice
 
 
 def size_path(path: Path) -> int:
@@ -85,10 +87,24 @@ class Bundle:
         self.manifest = manifest
         self.options = options
         self.verify_on_load = verify
-        self.backend_info = backend_for_target(manifest.target, backend)
         self._encoders: dict[str, Backend] = {}
         self._tokenizer: Tokenizer | None = None
         self._warned_unchecked = False
+        self.choice: Choice | None = None  # what `auto` picked and why (None: the backend was named or the default)
+        if backend == AUTO:
+            from edgeclip.runtimes.backends.auto import choose_backend
+
+            self.choice, self.options, self._encoders = choose_backend(manifest, options, self._open)
+            self.backend_info = backend_for_target(manifest.target, self.choice.candidate.backend)
+        else:
+            self.backend_info = backend_for_target(manifest.target, backend)
+        self.backend_reason = (
+            f"auto: {self.choice.reason}{' (cached)' if self.choice.cached else ''}"
+            if self.choice is not None
+            else "asked"
+            if backend is not None
+            else f"the {manifest.target} target's own backend"
+        )
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -173,14 +189,34 @@ class Bundle:
             return f"{roles[0]} encoder"
         return "tokenizer" if relative == self.manifest.tokenizer.file else "file"
 
+    def _open(self, info: BackendInfo, options: RuntimeOptions, role: str) -> Backend:
+        """A session of one encoder on one backend, its file (and same-named companions, e.g. an IR's .bin) checked."""
+        spec = self.manifest.encoders[role]
+        stem = PurePosixPath(spec.file).with_suffix("").as_posix()
+        for relative in self.manifest.checksums:
+            if relative != spec.file and PurePosixPath(relative).with_suffix("").as_posix() == stem:
+                self._checked(relative)
+        session = info.factory(self._checked(spec.file), spec, options)
+        _check_session_inputs(self.path / spec.file, role, spec, session, self.embed_dim)
+        return session
+
     def encoder(self, role: str) -> Backend:
         """The runtime session of the 'image' or 'text' encoder, created on first use."""
         if role not in self._encoders:
-            spec = self.manifest.encoders[role]
-            session = self.backend_info.factory(self._checked(spec.file), spec, self.options)
-            _check_session_inputs(self.path / spec.file, role, spec, session, self.embed_dim)
-            self._encoders[role] = session
+            self._encoders[role] = self._open(self.backend_info, self.options, role)
         return self._encoders[role]
+
+    def runtime_summary(self) -> dict[str, Any]:
+        """The backend that runs this bundle, how (e.g. OpenVINO's precision) and why it was picked."""
+        session = self.encoder("image")
+        describe = getattr(session, "describe", None)
+        return {
+            "backend": self.backend_info.name,
+            "runs": describe() if callable(describe) else ", ".join(getattr(session, "providers", ())) or None,
+            "precision_hint": self.options.precision_hint,
+            "why": self.backend_reason,
+            **({"auto": self.choice.to_dict()} if self.choice is not None else {}),
+        }
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -375,11 +411,14 @@ def load_bundle(
     threads: int | None = None,
     backend: str | None = None,
     verify: bool = True,
+    precision_hint: str | None = None,
 ) -> Bundle:
     """Open a bundle folder: read and validate its manifest and check that every file it names is inside.
 
     `verify` (default) checks each file's sha256 against the manifest as it is first read; pass False only for
-    a bundle already verified (e.g. with `edgeclip info`).
+    a bundle already verified (e.g. with `edgeclip info`). `backend`: None runs the target's own backend, a name
+    that backend, "auto" the fastest installed one by a cached probe (edgeclip.runtimes.backends.auto).
+    `precision_hint`: "f32" (exact), "bf16" or "auto", for backends that choose their CPU arithmetic (OpenVINO).
     """
     root = Path(path)
     if not root.exists():
@@ -394,12 +433,14 @@ def load_bundle(
     except (OSError, UnicodeDecodeError) as e:
         raise BundleError(f"{manifest_path} could not be read ({e})") from None
     manifest = BundleManifest.from_json(text, str(manifest_path))
-    options = RuntimeOptions(tuple(providers) if providers else None, threads)
-    bundle = Bundle(root, manifest, options, backend, verify)
+    options = RuntimeOptions(tuple(providers) if providers else None, threads, precision_hint)
+    bundle = Bundle(root, manifest, options, backend if backend != AUTO else None, verify)
     for relative in manifest.files():
         file = bundle.file(relative)
         if not file.exists():
             raise BundleError(f"bundle {root} is missing {relative} (named in its manifest)")
+    if backend == AUTO:  # probe only once the bundle's files are known to be there
+        bundle = Bundle(root, manifest, options, AUTO, verify)
     return bundle
 
 

@@ -31,7 +31,14 @@ def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
     from edgeclip.runtimes.preprocess import preprocess
 
     verify = bool(source.get("verify", True))  # False: `bench --no-verify`
-    bundle = load_bundle(Path(source["path"]), providers=options.providers, threads=options.threads, verify=verify)
+    bundle = load_bundle(
+        Path(source["path"]),
+        providers=options.providers,
+        threads=options.threads,
+        verify=verify,
+        backend=source.get("backend"),
+        precision_hint=source.get("precision_hint"),
+    )
     m = bundle.manifest
 
     def build_stages(image: Image.Image, text: str, head: Head, batch: int) -> dict[str, Stage]:
@@ -47,9 +54,11 @@ def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
         }
 
     def runtime() -> str:
-        backend = bundle.backend_info.name
-        providers = getattr(bundle.encoder("image"), "providers", None)  # ONNX Runtime: the providers it got
-        return " ".join(filter(None, (backend, _package_version(backend), ",".join(providers or ()))))
+        # The backend, its version, what it runs on (ONNX Runtime: providers; OpenVINO: CPU and precision) and why.
+        summary = bundle.runtime_summary()
+        backend = summary["backend"]
+        ran = " ".join(filter(None, (backend, _package_version(backend), summary["runs"])))
+        return f"{ran}; {summary['why']}" if source.get("backend") else ran
 
     def placement() -> dict[str, Any]:
         from edgeclip.runtimes.placement import Placement, bundle_placements

@@ -55,6 +55,10 @@ class OnnxRuntimeBackend:
             import onnxruntime
         except ImportError:
             raise UsageError("ONNX bundles need onnxruntime: pip install onnxruntime") from None
+        if options.precision_hint == "bf16":
+            raise UsageError(
+                "onnxruntime runs the file's own precision: --precision-hint bf16 needs --backend openvino (or auto)"
+            )
         available = available_providers()
         providers = list(options.providers) if options.providers else ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in available]
