@@ -217,7 +217,7 @@ def backend_options(fn: Callable) -> Callable:
         "--backend",
         metavar="NAME",
         help="Runtime backend: auto (the fastest installed one, by a probe cached per bundle and machine), "
-        "onnxruntime, openvino, ... (default: the bundle target's own).",
+        "onnxruntime, openvino, ... (default: the bundle target's own; classify: auto).",
     )(fn)
     return fn
 

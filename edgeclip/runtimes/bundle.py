@@ -94,6 +94,9 @@ class Bundle:
         if backend == AUTO:
             from edgeclip.runtimes.backends.auto import choose_backend
 
+            for role in manifest.encoders:  # a changed file is the bundle's fault, not a candidate's: say so first
+                self._encoder_file(role)
+
             self.choice, self.options, self._encoders = choose_backend(manifest, options, self._open)
             self.backend_info = backend_for_target(manifest.target, self.choice.candidate.backend)
         else:
@@ -189,14 +192,19 @@ class Bundle:
             return f"{roles[0]} encoder"
         return "tokenizer" if relative == self.manifest.tokenizer.file else "file"
 
-    def _open(self, info: BackendInfo, options: RuntimeOptions, role: str) -> Backend:
-        """A session of one encoder on one backend, its file (and same-named companions, e.g. an IR's .bin) checked."""
+    def _encoder_file(self, role: str) -> Path:
+        """An encoder's file, checked with its same-named companions (e.g. an IR's .bin) when verifying on load."""
         spec = self.manifest.encoders[role]
         stem = PurePosixPath(spec.file).with_suffix("").as_posix()
         for relative in self.manifest.checksums:
             if relative != spec.file and PurePosixPath(relative).with_suffix("").as_posix() == stem:
                 self._checked(relative)
-        session = info.factory(self._checked(spec.file), spec, options)
+        return self._checked(spec.file)
+
+    def _open(self, info: BackendInfo, options: RuntimeOptions, role: str) -> Backend:
+        """A session of one encoder on one backend, its files checked first."""
+        spec = self.manifest.encoders[role]
+        session = info.factory(self._encoder_file(role), spec, options)
         _check_session_inputs(self.path / spec.file, role, spec, session, self.embed_dim)
         return session
 
