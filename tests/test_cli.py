@@ -150,12 +150,12 @@ def test_bad_input_is_one_line_with_the_right_exit_code(
 @pytest.mark.slow
 def test_export_json_output(tmp_path: Path) -> None:
     result = run("export", "--model", TINY, "--random-init", "--output", tmp_path / "b", "--json", "-q")
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)  # what a pipe gets; warnings go to stderr
     assert data["manifest"]["encoders"]["image"]["parity"]["min_cosine"] >= 0.9999
     assert set(data["timings"]) >= {"load", "convert", "parity"}
 
 
 def test_targets_lists_the_registry() -> None:
     data = {t["name"]: t for t in json.loads(run("targets", "--json").output)}
-    assert sorted(data) == ["coreml", "litert", "onnx", "tensorrt"]
+    assert sorted(data) == ["coreml", "executorch", "litert", "onnx", "openvino", "tensorrt"]
     assert data["onnx"]["precisions"] == ["fp32", "fp16", "int8"]

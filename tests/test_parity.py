@@ -25,8 +25,8 @@ for m in ("torch", "open_clip", "timm", "torchvision"):
     sys.modules[m] = None
 from edgeclip.metrics.parity import PARITY_FLOORS, parity_floor
 import edgeclip.bench.run as bench_run
-floors = {p: parity_floor(p) for p in ("fp32", "fp16", "int8")}
-bench = {p: bench_run.parity_floor(p) for p in ("fp32", "fp16", "int8")}
+floors = {p: parity_floor(p) for p in PARITY_FLOORS}
+bench = {p: bench_run.parity_floor(p) for p in PARITY_FLOORS}
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "timm") and sys.modules[m])
 print(floors == PARITY_FLOORS, floors == bench, floors["int8"], heavy)
 """

@@ -150,7 +150,7 @@ def test_info_placement_prints_delegate_fraction_pieces_and_fallback(tiny_bundle
     assert data["placement"]["backend"] == "onnxruntime"
     assert data["placement"]["text"]["fraction"] == 1.0 and data["placement"]["text"]["total_ops"] > 10
     result = runner.invoke(cli, ["info", str(tiny_bundle), "--threads", "2"])
-    assert result.exit_code == 2 and "add it" in result.output
+    assert result.exit_code == 2 and "add one" in result.output
 
 
 @needs_azure
@@ -189,3 +189,10 @@ def test_bench_rows_record_placement(tiny_bundle: Path, tmp_path: Path) -> None:
     again = BenchResult.from_json(result.to_json())
     assert again.entries[0].placement == entry.placement
     assert np.isclose(again.entries[0].placement["image"]["fraction"], 1.0)
+
+
+def test_export_help_shows_the_coverage_floor_the_export_uses() -> None:
+    from edgeclip.runtimes.placement import DEFAULT_MIN_DELEGATED
+
+    result = CliRunner().invoke(cli, ["export", "--help"])
+    assert f"[default: ({DEFAULT_MIN_DELEGATED});" in " ".join(result.output.split())

@@ -65,7 +65,7 @@ def one_line(stderr: str, signame: str) -> None:
 def test_export_interrupted_leaves_no_staging_and_the_old_bundle(tiny_bundle: Path, tmp_path: Path, signum, code):
     out = tmp_path / "model.edgeclip"
     shutil.copytree(tiny_bundle, out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     proc = start("export", "-m", TINY, "--random-init", "-o", out, "--force", "-q")
 
     def staging_has_tokenizer() -> bool:
@@ -75,7 +75,7 @@ def test_export_interrupted_leaves_no_staging_and_the_old_bundle(tiny_bundle: Pa
     assert proc.returncode == code, err
     one_line(err, signal.Signals(signum).name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.edgeclip"]
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the command start")

@@ -26,6 +26,8 @@ class EdgeclipGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         with warnings.catch_warnings(), _signals_raise(top=ctx.parent is None):
             warnings.showwarning = _echo_warning
+            # torch 2.13's own export internals trip its pytree deprecation; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec", category=FutureWarning)
             try:
                 return super().invoke(ctx)
             except click.exceptions.Exit:

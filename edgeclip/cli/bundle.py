@@ -64,7 +64,7 @@ def info(
 
     runs = backend is not None or precision_hint is not None
     if not (placement or runs) and (providers or threads):
-        raise click.UsageError("--provider and --threads choose how --placement or --backend load the encoders")
+        raise click.UsageError("--provider and --threads set how --placement or --backend load the encoders: add one")
     b = load_bundle(
         bundle,
         providers=providers or None,
@@ -84,7 +84,7 @@ def info(
             "backend": b.backend_info.name,
             **{role: p.to_dict() if isinstance(p, Placement) else {"unavailable": p} for role, p in placements.items()},
         }
-    runtime = b.runtime_summary() if runs or placement else None
+    runtime = b.runtime_summary() if runs else None
     if runtime is not None:
         summary["runtime"] = runtime
     if as_json:

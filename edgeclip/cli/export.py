@@ -19,7 +19,6 @@ from edgeclip.cli import (
     quiet_option,
     show_progress,
 )
-from edgeclip.runtimes.placement import DEFAULT_MIN_DELEGATED, Placement
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -157,8 +156,8 @@ def preprocess_overrides(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--min-delegated",
     type=click.FloatRange(0.0, 1.0),
-    default=DEFAULT_MIN_DELEGATED,
-    show_default=True,
+    default=lambda: _default_min_delegated(),
+    show_default="0.9",
     help="Share of each encoder's ops its delegate must take (see `edgeclip info --placement`).",
 )
 # The target options (--compress, --calibration, --max-batch, ...) follow, generated from the targets' declarations.
@@ -234,6 +233,8 @@ def export(
         click.echo(f"  {role:<5} {enc.file:<24} {size:8.1f} MB  {parity}")
         placed = m.target_info.get("placement", {}).get(role)
         if placed:
+            from edgeclip.runtimes.placement import Placement
+
             click.echo(f"  {'':<5} placement: {Placement.from_dict(placed).summary()}")
     gate = (m.calibration or {}).get("gate")
     if gate:
@@ -301,3 +302,10 @@ def targets(as_json: bool) -> None:
             choices = getattr(info.kind, "choices", ())
             values = f" ({', '.join(choices)})" if choices else ""
             click.echo(f"{'':<10} {info.cli_flag:<20} {info.help}{values}")
+
+
+def _default_min_delegated() -> float:
+    """The coverage floor, read when the option is resolved: `edgeclip --help` imports no runtime."""
+    from edgeclip.runtimes.placement import DEFAULT_MIN_DELEGATED
+
+    return DEFAULT_MIN_DELEGATED
