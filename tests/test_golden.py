@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 from tokenizers import Tokenizer as HFTokenizer
 
+from benchmarks.port_resize_errors import naive_bilinear
 from edgeclip.cli import cli
 from edgeclip.errors import BundleError, UsageError
 from edgeclip.runtimes import load_bundle
@@ -45,18 +46,7 @@ def _bin(bundle: Path, name: str) -> np.ndarray:
 # --- a port, written without edgeclip --------------------------------------------------------------------------
 
 
-def _naive_bilinear(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear sampling at pixel centres with no antialiasing (what many hand-written resizers and GPU samplers do)."""
-    a = rgb.astype(np.float64)
-    h, w = a.shape[:2]
-    ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
-    xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
-    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
-    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
-    return np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
+_naive_bilinear = naive_bilinear  # what many hand-written resizers and GPU samplers do: no antialiasing
 
 
 def _port_resize(rgb: np.ndarray, size: int, antialias: bool) -> np.ndarray:
