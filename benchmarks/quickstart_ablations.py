@@ -1,7 +1,7 @@
 """Quickstart ablations (issue 21): how fast the teacher learns shape on `shapes` under a setting, at what CPU cost.
 
 Two probes, one setting per run, printed as one JSON line:
-- `clip`: EdgeCLIP-Teacher-CNN trained with plain CLIP loss as the quickstart trains it (captions mixed with
+- `clip`: the quickstart's teacher (or `--model`) trained with plain CLIP loss (captions mixed with
   paraphrases), zero-shot shape and colour top-1 on the eval split every `--eval-every` steps.
 - `supervised`: the teacher's image tower alone with a linear head and cross-entropy on the shape labels: the
   ceiling of how fast this tower can learn shape at all.
@@ -42,8 +42,8 @@ def _clip(args: argparse.Namespace, out: Path) -> dict:
         else AugmentConfig(scale=(args.crop_min, 1.0), num_ops=1, magnitude=3)
     )
     result = train(DistillConfig(
-        model=TEACHER, data=data, output=str(out / "teacher"), loss="clip", steps=args.steps, batch_size=args.batch,
-        lr=args.lr, warmup=max(1, args.steps // 10), augment=augment, captions=str(captions),
+        model=args.model or TEACHER, data=data, output=str(out / "teacher"), loss="clip", steps=args.steps,
+        batch_size=args.batch, lr=args.lr, warmup=max(1, args.steps // 10), augment=augment, captions=str(captions),
         eval=f"shapes:eval:{args.eval}{suffix}", eval_every=args.eval_every, log_every=0,
     ))  # fmt: skip
     colour = {s: a for s, n, a in result.extra_evals if n == "color"}
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-augment", action="store_true", help="clip: full-image views, no RandAugment")
     p.add_argument("--crop-min", type=float, default=0.6, help="clip: smallest crop area (quickstart: 0.6)")
     p.add_argument("--paraphrase", action="append", help="clip: a caption template (repeat); default the quickstart's")
+    p.add_argument("--model", help="clip: an edgeclip architecture instead of the quickstart's teacher")
     p.add_argument("--tower", help="supervised: a timm model name instead of the teacher's image tower")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
