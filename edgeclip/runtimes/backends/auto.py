@@ -205,6 +205,9 @@ def choose_backend(
     if cached is not None and cached.candidate in cands:
         return cached, replace(options, precision_hint=cached.candidate.hint), {}
     timings, sessions, skipped = probe(manifest, options, cands, infos, open_encoder)
+    if not timings and own is not None:  # nothing runs here: the bundle's own backend says why, in its words
+        for role in manifest.encoders:
+            open_encoder(infos[own.backend], replace(options, precision_hint=own.hint), role)
     best, reason = choose(timings, own)
     if skipped:
         reason += "; not tried: " + "; ".join(f"{c.label} ({why.splitlines()[0][:120]})" for c, why in skipped.items())
