@@ -3,14 +3,17 @@ cosine to PyTorch on real photos (from the export's own parity run of the writte
 latency at batch 1 in ONE interleaved run against ONNX Runtime fp32 (ratios, not absolute ms).
 
     PYTHONPATH=$PWD python -m benchmarks.mobile_runtimes --arch MobileCLIP2-S0 --threads 2 --out /tmp/mobile
+    PYTHONPATH=$PWD python -m benchmarks.mobile_runtimes --rows litert:fp32,litert:int8+dynamic --threads 1
 
 Rows live in ROWS (name -> target, precision, options); a new runtime adds its rows there. Bundles already in
---out are reused (delete them to re-export). Results: docs/mobile.md.
+--out are reused (delete them to re-export); the table is also written to --out/results.json. Results:
+docs/mobile.md (ExecuTorch) and docs/litert.md (LiteRT).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -42,6 +45,9 @@ ROWS: dict[str, Row] = {
         "executorch", "fp32", {"no_rewrites": True}, note="XNNPACK, the graph as torch.export gives it"
     ),
     "executorch:int8": Row("executorch", "int8", note="PT2E static int8, rewritten", calibrated=True),
+    "litert:fp32": Row("litert", "fp32", note="XNNPACK delegate, NCHW, int32 token ids"),
+    "litert:int8+dynamic": Row("litert", "int8", {"dynamic": True}, note="int8 weights, float activations"),
+    "litert:int8": Row("litert", "int8", note="static int8 conv/linear, float input and output", calibrated=True),
 }
 
 
@@ -175,6 +181,10 @@ def main() -> None:
     for r in table:
         if r["fallback"]:
             print(f"  {r['row']} {r['encoder']}: {r['fallback']}")
+    (args.out / "results.json").write_text(
+        json.dumps({"arch": args.arch, "threads": args.threads, "cpu": cpu_facts(), "rows": table}, indent=1) + "\n"
+    )
+    print(f"\nresults: {args.out / 'results.json'}")
 
 
 if __name__ == "__main__":

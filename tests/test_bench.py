@@ -31,6 +31,7 @@ from edgeclip.bench import (
 from edgeclip.bench.latency import current_rss_mb, summarize, time_runs
 from edgeclip.bench.report import pareto_front
 from edgeclip.bench.results import SCHEMA_VERSION, LatencyStats
+from edgeclip.bench.table import delegated_cell
 from edgeclip.cli import cli
 from edgeclip.errors import ResultsError, UsageError
 from edgeclip.runtimes.checksums import sha256_file
@@ -122,6 +123,12 @@ def test_model_run_exports_compares_with_eager_and_marks_what_cannot_run(tmp_pat
         assert coreml.size_bytes["image"] > 0 and not coreml.latency
         assert "❎ failed checks" in res.output and "❎ coreml:fp16: CoreML runs only" in res.output
     assert "✅ ran" in res.output and "vs base" in res.output and "ref" in res.output
+    # The ONNX row's placement, as its sessions reported it, is a column: every op on the CPU provider, one piece.
+    assert onnx.placement["image"]["fraction"] == 1.0 and onnx.placement["image"]["pieces"] == 1
+    assert delegated_cell(onnx) == "img 100% (1) / txt 100% (1)" and delegated_cell(torch_row) == "-"
+    assert "delegated (pieces)" in res.output and "img 100% (1) / txt 100% (1)" in res.output
+    partial = {"image": {**onnx.placement["image"], "fraction": 0.97654, "pieces": 4}, "text": {"unavailable": "no"}}
+    assert delegated_cell(replace(onnx, placement=partial)) == "img 97.7% (4) / txt ?"
 
 
 @pytest.mark.slow
@@ -434,6 +441,11 @@ def test_target_options_ride_in_the_item_and_are_checked_by_the_target() -> None
     assert cand.options == (("dynamic", True), ("max_cosine_drop", "0.05")) and cand.invalid is None
     with pytest.raises(UsageError, match="did you mean 'dynamic'"):
         parse_targets(["onnx:int8+dynamc"])
+    # The flag's spelling works too: `max-cosine-drop` is the option max_cosine_drop.
+    (flag_spelling,) = parse_targets(["onnx:int8+dynamic+max-cosine-drop=0.05"])
+    assert flag_spelling.invalid is None
+    opts = get_target("onnx").parse_options(dict(flag_spelling.options), "int8")
+    assert opts.max_cosine_drop == 0.05
     with pytest.raises(UsageError, match=r"onnx:int8\+KEY\[=VALUE\]"):
         parse_targets(["onnx:int8"])  # int8 needs calibration or dynamic: said before any work
     with pytest.raises(UsageError, match="target options read"):

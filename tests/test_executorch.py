@@ -174,6 +174,10 @@ def test_int8_is_calibrated_gated_and_close_to_pytorch(tmp_path: Path, photos) -
     record = manifest["calibration"]
     assert record["gate"]["passed"] and record["gate"]["reference"].startswith("pytorch fp32")
     assert record["keep_float"] == ["LayerNorm4d", "BmmAttentionCore"] and record["set"]["images"] > 0
+    assert record["text_int8"] == "dynamic" and "text encoder's scaled per run" in record["method"]
+    # Dynamic int8 linears (activation scales chosen per run) are XNNPACK ops too: nothing heavy falls out.
+    text = manifest["target_info"]["placement"]["text"]
+    assert text["pieces"] <= 5 and not [op for op in text["fallback"] if any(h in op for h in HEAVY)], text
     for role in ("image", "text"):
         assert manifest["encoders"][role]["parity"]["mean_cosine"] >= 0.99
     # int8 weights: the file is much smaller than fp32's would be (the tiny text encoder is mostly its embedding).

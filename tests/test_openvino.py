@@ -21,6 +21,7 @@ from edgeclip.runtimes import load_bundle
 from edgeclip.runtimes.backends import RuntimeOptions, backend_for_target
 from edgeclip.runtimes.backends.auto import Candidate, cache_key, candidates, choose
 from edgeclip.runtimes.backends.openvino import cpu_has_bf16, resolve_hint
+from edgeclip.runtimes.bundle import encoder_bytes, encoder_files
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest
 from edgeclip.runtimes.placement import placement_of
 from tests.conftest import TINY, cosine_rows
@@ -64,6 +65,11 @@ def test_bf16_bundle_records_its_hint_and_runs_it(bf16_bundle: Path, tiny_bundle
     info = manifest.target_info["openvino"]
     assert info["precision_hint"] == "bf16" and info["weights"] == "fp32"
     assert {"image_encoder.bin", "text_encoder.bin", "image_encoder.xml"} <= set(manifest.checksums)
+    # The weights are in the .bin: what an app ships (export's and bench's sizes) counts it with the .xml.
+    xml, weights = (bf16_bundle / f"image_encoder.{ext}" for ext in ("xml", "bin"))
+    assert encoder_files(manifest, "image") == ("image_encoder.xml", "image_encoder.bin")
+    assert encoder_bytes(bf16_bundle, manifest, "image") == xml.stat().st_size + weights.stat().st_size
+    assert weights.stat().st_size > xml.stat().st_size
     gate = manifest.calibration["gate"]
     assert gate["passed"] and gate["image"]["mean_cosine"] > 0.999 and gate["text"]["mean_cosine"] > 0.999
     bundle = load_bundle(bf16_bundle, threads=1)

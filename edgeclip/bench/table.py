@@ -50,6 +50,25 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def delegated_cell(entry: BenchEntry) -> str:
+    """The share of ops each encoder's delegate took, as `img 100% (1) / txt 97.7% (4)` with pieces in brackets.
+
+    '-' for rows without a placement record (PyTorch, older results), `?` for an encoder whose runtime cannot tell.
+    """
+    parts = []
+    for role, tag in (("image", "img"), ("text", "txt")):
+        record = entry.placement.get(role)
+        if record is None:
+            continue
+        if "fraction" not in record:
+            parts.append(f"{tag} ?")
+            continue
+        percent = float(record["fraction"]) * 100
+        shown = f"{percent:.0f}" if percent in (0.0, 100.0) else f"{percent:.1f}"
+        parts.append(f"{tag} {shown}% ({record.get('pieces', '?')})")
+    return " / ".join(parts) or "-"
+
+
 def result_rows(result: BenchResult) -> tuple[list[str], list[list[str]], list[bool]]:
     """Header, rows and right-alignment of a run's table; latency at the smallest batch, FPS at the largest."""
     batches = result.settings.get("batch_sizes") or [1]
@@ -70,6 +89,7 @@ def result_rows(result: BenchResult) -> tuple[list[str], list[list[str]], list[b
         "peak MB",
         "top-1 %",
         "cos p1",
+        "delegated (pieces)",
         "vs base",
     ]
     rows = []
@@ -94,6 +114,7 @@ def result_rows(result: BenchResult) -> tuple[list[str], list[list[str]], list[b
                 fmt(e.memory_mb.get("peak"), ".0f"),
                 fmt(e.accuracy.top1 * 100 if e.accuracy else None, ".1f"),
                 fmt(e.parity.worst_p1 if e.parity else None, ".6f") if not e.baseline else "ref",
+                delegated_cell(e),
                 fmt(speedup, ".2f") + ("x" if speedup else ""),
             ]
         )
@@ -141,7 +162,9 @@ def format_result(result: BenchResult, markdown: bool = False) -> str:
         f"batch {','.join(map(str, s.get('batch_sizes') or []))}; accuracy: zero-shot top-1 on "
         f"{(s.get('dataset') or {}).get('name')} ({(s.get('dataset') or {}).get('images')} images); "
         "cold: load to first image and text result; peak: resident memory; "
-        f"cos p1: 1st-percentile cosine to the reference; vs base: img p50 speed-up over "
+        f"cos p1: 1st-percentile cosine to the reference; delegated: share of each encoder's ops its "
+        "runtime's delegate took, in how many pieces (OpenVINO: ops run in the requested precision); "
+        "vs base: img p50 speed-up over "
         f"{result.baseline.name if result.baseline else '-'}"
         + (f"; load average at start {load[0]:.2f}" if load else ""),
         render(header, rows, right, markdown),

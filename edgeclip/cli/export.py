@@ -195,7 +195,7 @@ def export(
       edgeclip export -m MobileCLIP2-S0 --random-init --require-delegate --min-delegated 0.95 -o mc2s0.edgeclip
     """
     from edgeclip.export import export_bundle
-    from edgeclip.runtimes.bundle import size_path
+    from edgeclip.runtimes.bundle import encoder_bytes
 
     # Parsed once here, by the target's own declaration; the library gets the typed object.
     options = target_options_from_flags(target, precision, target_flags)
@@ -222,7 +222,7 @@ def export(
     m = result.manifest
     click.echo(f"wrote {result.path}  ({m.source.architecture}, {m.target} {m.precision})")
     for role, enc in m.encoders.items():
-        size = size_path(result.path / enc.file) / 1e6
+        size = encoder_bytes(result.path, m, role) / 1e6
         p = enc.parity
         parity = (
             f"parity vs PyTorch: min cosine {p.min_cosine:.6f}, max abs diff {p.max_abs_diff:.2e} over {p.samples} "

@@ -72,14 +72,12 @@ class DistillResult:
 
 def build_student(config: DistillConfig):
     """The student open_clip model in train mode: seeded random init, or weights from --pretrained."""
-    import open_clip
-
-    from edgeclip.models.loading import check_architecture, init_left_empty, load_weights
+    from edgeclip.models.loading import check_architecture, load_weights, unweighted_model
 
     arch = check_architecture(config.model)
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        model = init_left_empty(open_clip.create_model(arch, pretrained=None))
+        model = unweighted_model(arch)
     if config.pretrained:
         load_weights(model, Path(config.pretrained), arch)
     return arch, model.train()

@@ -343,6 +343,7 @@ def parse_options(cls: type[T], target: str, raw: Mapping[str, Any] | TargetOpti
         values = {key: getattr(raw, key) for key in infos}
         given = set(raw.given())
     else:
+        raw = {str(k).replace("-", "_"): v for k, v in raw.items()}  # `text-int8`, the flag's spelling, is text_int8
         for key in raw:
             if key not in infos:
                 raise unknown_option(target, key, list(infos))

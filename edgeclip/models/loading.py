@@ -188,7 +188,7 @@ class _DropRandomInitNotice(logging.Filter):
         return not record.getMessage().startswith("No pretrained weights loaded for model")
 
 
-def _unweighted(architecture: str) -> ClipModel:
+def unweighted_model(architecture: str) -> ClipModel:
     """open_clip's model without weights, minus its root-logger notice that it is random.
 
     edgeclip either loads the checkpoint into it next or was asked for random weights, and says so itself.
@@ -232,7 +232,7 @@ def load_model(
         # Seeded inside a forked RNG so that random weights are reproducible and the caller's RNG is untouched.
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = _unweighted(architecture)
+            model = unweighted_model(architecture)
     elif not pretrained:
         raise UsageError(
             "no weights given: pass --pretrained FILE (a .safetensors/.pt checkpoint), a pretrained tag, "
@@ -240,7 +240,7 @@ def load_model(
         )
     elif _looks_like_file(pretrained):
         path = Path(pretrained)
-        model = _unweighted(architecture)
+        model = unweighted_model(architecture)
         load_weights(model, path, architecture)
         checkpoint_sha = _sha256(path)
     else:

@@ -35,6 +35,21 @@ def size_path(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def encoder_files(manifest: BundleManifest, role: str) -> tuple[str, ...]:
+    """An encoder's file and its same-named companions the manifest covers (e.g. an OpenVINO IR's .bin)."""
+    main = manifest.encoders[role].file
+    stem = PurePosixPath(main).with_suffix("").as_posix()
+    companions = sorted(
+        r for r in manifest.checksums if r != main and PurePosixPath(r).with_suffix("").as_posix() == stem
+    )
+    return (main, *companions)
+
+
+def encoder_bytes(root: Path, manifest: BundleManifest, role: str) -> int:
+    """Bytes an app ships for one encoder of the bundle at `root`: its file or package folder, and companions."""
+    return sum(size_path(root / relative) for relative in encoder_files(manifest, role))
+
+
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -192,14 +207,16 @@ class Bundle:
             return f"{roles[0]} encoder"
         return "tokenizer" if relative == self.manifest.tokenizer.file else "file"
 
+    def encoder_bytes(self, role: str) -> int:
+        """Bytes an app ships for one encoder: its file (or package folder) and companions, e.g. an IR's .bin."""
+        return encoder_bytes(self.path, self.manifest, role)
+
     def _encoder_file(self, role: str) -> Path:
         """An encoder's file, checked with its same-named companions (e.g. an IR's .bin) when verifying on load."""
-        spec = self.manifest.encoders[role]
-        stem = PurePosixPath(spec.file).with_suffix("").as_posix()
-        for relative in self.manifest.checksums:
-            if relative != spec.file and PurePosixPath(relative).with_suffix("").as_posix() == stem:
-                self._checked(relative)
-        return self._checked(spec.file)
+        main, *companions = encoder_files(self.manifest, role)
+        for relative in companions:
+            self._checked(relative)
+        return self._checked(main)
 
     def _open(self, info: BackendInfo, options: RuntimeOptions, role: str) -> Backend:
         """A session of one encoder on one backend, its files checked first."""
@@ -452,4 +469,13 @@ def load_bundle(
     return bundle
 
 
-__all__ = ["Bundle", "load_bundle", "sha256_file", "sha256_path", "size_path", "write_file_atomically"]
+__all__ = [
+    "Bundle",
+    "encoder_bytes",
+    "encoder_files",
+    "load_bundle",
+    "sha256_file",
+    "sha256_path",
+    "size_path",
+    "write_file_atomically",
+]

@@ -112,7 +112,8 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     if isinstance(templates, str):
         if templates not in TEMPLATE_SETS:
             raise UsageError(
-                f"unknown template set {templates!r}: expected one of {', '.join(TEMPLATE_SETS)} or a list"
+                f"unknown template set {templates!r}: expected one of {', '.join(TEMPLATE_SETS)}, or templates with "
+                "'{}' for the label (a list; on the command line @file, one per line)"
             )
         return TEMPLATE_SETS[templates]
     resolved = tuple(templates)

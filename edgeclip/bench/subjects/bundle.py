@@ -27,7 +27,7 @@ def _package_version(name: str) -> str | None:
 @register_subject("bundle")
 def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
     """A bundle through its runtime backend, exactly as an app on the device runs it."""
-    from edgeclip.runtimes.bundle import load_bundle, size_path
+    from edgeclip.runtimes.bundle import load_bundle
     from edgeclip.runtimes.preprocess import preprocess
 
     verify = bool(source.get("verify", True))  # False: `bench --no-verify`
@@ -72,7 +72,7 @@ def open_bundle(source: Mapping[str, Any], options: RuntimeOptions) -> Subject:
         build_stages=build_stages,
         runtime=runtime,
         model=ModelIdentity(src.architecture, m.model_id, src.pretrained, src.random_init),
-        size_bytes={role: size_path(bundle.file(enc.file)) for role, enc in m.encoders.items()},
+        size_bytes={role: bundle.encoder_bytes(role) for role in m.encoders},
         bundle={
             "path": str(bundle.path),
             "format_version": m.format_version,

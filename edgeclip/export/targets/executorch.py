@@ -5,8 +5,9 @@ Each encoder goes `torch.export` → `to_edge_transform_and_lower(XnnpackPartiti
 that let XNNPACK take LayerNorm and attention (edgeclip.precision.module_rewrites; docs/mobile.md). Shapes are
 fixed, as ExecuTorch's dynamic batch is fragile: one method per requested batch size in ONE file per encoder
 (`forward` for the smallest, `batch_<n>` for the others), so an app ships one file and XNNPACK's named data store
-keeps identical weights once. int8 is PT2E static quantization with the XNNPACK quantizer (per-channel symmetric
-weights, int8 activations) calibrated on edgeclip's calibration set, then gated against PyTorch fp32.
+keeps identical weights once. int8 is PT2E quantization with the XNNPACK quantizer (per-channel symmetric weights):
+static int8 activations calibrated on edgeclip's calibration set for the image encoder, and for the text encoder
+dynamic ones by default (`--text-int8`, as the onnx target), then gated against PyTorch fp32.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import numpy as np
 
 from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
 from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders, ExportOptions
-from edgeclip.export.target_options import Flag, Float, Ints, TargetOptions, option, options_of
+from edgeclip.export.target_options import Choice, Flag, Float, Ints, TargetOptions, option, options_of
 from edgeclip.export.targets import TargetSpec, register_target
-from edgeclip.export.targets.onnx import calibration_option
+from edgeclip.export.targets.onnx import TEXT_INT8_MODES, calibration_option
 from edgeclip.runtimes.backends.executorch import DELEGATE, EXTRA_HINT, PLACEMENT_SUFFIX
 from edgeclip.runtimes.manifest import TensorSpec
 
@@ -50,6 +51,13 @@ class ExecuTorchOptions(TargetOptions):
     max_cosine_drop: float | None = option(
         Float(0.0, 1.0),
         help="int8: fail when an encoder's mean cosine to fp32 on held-out inputs drops by more than this",
+        precisions=("int8",),
+    )
+    text_int8: str = option(
+        Choice(TEXT_INT8_MODES),
+        "dynamic",
+        help="int8: how the text encoder is quantized (dynamic: activations scaled per run, as the onnx target does; "
+        "static int8 text lost 2-3 points of cosine on a trained model)",
         precisions=("int8",),
     )
     no_rewrites: bool = option(
@@ -133,8 +141,11 @@ def _calibration_batches(feeds: list[dict[str, np.ndarray]], name: str, batch: i
         yield chunk
 
 
-def _quantized(module, example, feeds: list[dict[str, np.ndarray]], name: str, keep_float: tuple[type, ...]):
-    """PT2E static int8 with the XNNPACK quantizer, calibrated on `feeds`; the converted graph module."""
+def _quantized(
+    module, example, feeds: list[dict[str, np.ndarray]], name: str, keep_float: tuple[type, ...], dynamic: bool
+):
+    """PT2E int8 with the XNNPACK quantizer (static: calibrated on `feeds`; dynamic: linear layers with activations
+    quantized at run time, observed once); the converted graph module."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -142,13 +153,16 @@ def _quantized(module, example, feeds: list[dict[str, np.ndarray]], name: str, k
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+    quantizer = XNNPACKQuantizer().set_global(config)
     for module_type in keep_float:  # normalization and softmax statistics stay float (module_rewrites)
         quantizer.set_module_type(module_type, None)
     prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
     with torch.no_grad():
-        for chunk in _calibration_batches(feeds, name, len(example)):
+        for i, chunk in enumerate(_calibration_batches(feeds, name, len(example))):
             prepared(torch.from_numpy(chunk).to(example.dtype))
+            if dynamic and i == 0:
+                break  # dynamic ranges are computed at run time: one pass only traces the observers
     return convert_pt2e(prepared)
 
 
@@ -193,7 +207,9 @@ class _Lowered:
     rewrites: dict[str, int]
 
 
-def _lower(role: str, module, example, sizes: tuple[int, ...], rewrite_names: tuple[str, ...], quant) -> _Lowered:
+def _lower(
+    role: str, module, example, sizes: tuple[int, ...], rewrite_names: tuple[str, ...], quant, dynamic: bool = False
+) -> _Lowered:
     """Rewrite, (quantize,) export one method per batch size, delegate to XNNPACK and serialize."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -205,7 +221,7 @@ def _lower(role: str, module, example, sizes: tuple[int, ...], rewrite_names: tu
     for batch in sizes:
         ex = _example(example, batch)
         keep_float = keep_float_types(rewrite_names)
-        graph = rewritten if quant is None else _quantized(rewritten, ex, quant, INPUT_NAMES[role], keep_float)
+        graph = rewritten if quant is None else _quantized(rewritten, ex, quant, INPUT_NAMES[role], keep_float, dynamic)
         programs[method_name(batch, sizes)] = _program(graph, ex, role)
     try:
         edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
@@ -295,7 +311,8 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
         ("text", encoders.text, encoders.text_example),
     ):
         quant = inputs.feeds_for(role) if inputs is not None else None
-        lowered = _lower(role, module, example, sizes, rewrite_names, quant)
+        dynamic = role == "text" and opts.text_int8 == "dynamic"
+        lowered = _lower(role, module, example, sizes, rewrite_names, quant, dynamic)
         name = f"{role}_encoder.pte"
         _write(out_dir / name, lowered.buffer)
         _write(out_dir / f"{role}_encoder{PLACEMENT_SUFFIX}", json.dumps(lowered.placement, indent=2).encode())
@@ -314,7 +331,9 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
         calibration = {
             "precision": "int8",
             "mode": "static",
-            "method": "PT2E XNNPACKQuantizer (symmetric, per-channel weights, int8 activations)",
+            "text_int8": opts.text_int8,
+            "method": "PT2E XNNPACKQuantizer (symmetric, per-channel weights; int8 activations, the text encoder's "
+            f"{'scaled per run' if opts.text_int8 == 'dynamic' else 'calibrated'})",
             "keep_float": [t.__name__ for t in _keep_float(rewrite_names)],
             "set": calib.describe(),
             "held_out_images": len(inputs.pixels),
