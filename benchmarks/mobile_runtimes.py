@@ -82,8 +82,10 @@ def calibration_folder(root: Path, count: int) -> Path:
     return folder
 
 
-def export_row(name: str, row: Row, arch: str, root: Path, calibration: Path) -> Path:
-    """The row's bundle: reused when already in `root`, else exported (random weights, seed 0) and timed."""
+def export_row(name: str, row: Row, arch: str, root: Path, calibration: Path) -> Path | None:
+    """The row's bundle: reused when already in `root`, else exported (random weights, seed 0) and timed; None
+    (and why, printed) when the export refuses it, e.g. an int8 file under its parity floor."""
+    from edgeclip.errors import EdgeclipError
     from edgeclip.export import export_bundle
 
     path = root / (name.replace(":", "-") + ".edgeclip")
@@ -91,8 +93,12 @@ def export_row(name: str, row: Row, arch: str, root: Path, calibration: Path) ->
         return path
     options = {**row.options, **({"calibration": str(calibration)} if row.calibrated else {})}
     start = time.perf_counter()
-    export_bundle(arch, output=path, target=row.target, precision=row.precision, random_init=True,
-                  target_options=options, on_step=lambda m: print(f"  {name}: {m}", flush=True))  # fmt: skip
+    try:
+        export_bundle(arch, output=path, target=row.target, precision=row.precision, random_init=True,
+                      target_options=options, on_step=lambda m: print(f"  {name}: {m}", flush=True))  # fmt: skip
+    except EdgeclipError as e:
+        print(f"  {name}: REFUSED after {time.perf_counter() - start:.0f} s: {e}", flush=True)
+        return None
     print(f"  {name}: exported in {time.perf_counter() - start:.0f} s", flush=True)
     return path
 
@@ -128,8 +134,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{args.arch}, random weights (seed 0), batch 1, {args.threads} threads; {cpu_facts()}", flush=True)
     calibration = calibration_folder(args.out, args.calibration_images)
-    paths = {name: export_row(name, ROWS[name], args.arch, args.out, calibration) for name in names}
-    if args.export_only:
+    exported = {name: export_row(name, ROWS[name], args.arch, args.out, calibration) for name in names}
+    refused = [name for name, path in exported.items() if path is None]
+    paths = {name: path for name, path in exported.items() if path is not None}
+    if refused:
+        print(f"refused by their export (not timed): {', '.join(refused)}", flush=True)
+    if args.export_only or REFERENCE not in paths:
         return
     bundles = {name: load_bundle(path, threads=args.threads) for name, path in paths.items()}
     from skimage import data

@@ -56,8 +56,8 @@ class ExecuTorchOptions(TargetOptions):
     text_int8: str = option(
         Choice(TEXT_INT8_MODES),
         "dynamic",
-        help="int8: how the text encoder is quantized (dynamic: activations scaled per run, as the onnx target does; "
-        "static int8 text lost 2-3 points of cosine on a trained model)",
+        help="int8: how the text encoder is quantized (dynamic: activation scales chosen per run, as the onnx "
+        "target's text; closer to fp32 than static on trained text towers, docs/mobile.md)",
         precisions=("int8",),
     )
     no_rewrites: bool = option(
