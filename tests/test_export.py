@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 
 from edgeclip.errors import ExportError, ModelError, UsageError
 from edgeclip.export import export_bundle
+from edgeclip.export.parity import SAMPLE_TEXTS, sample_text_names
+from edgeclip.metrics.parity import PARITY_FLOORS
 from edgeclip.models.loading import _hub_reachable, load_model, read_state_dict
 from edgeclip.runtimes import load_bundle
 from edgeclip.runtimes.bundle import sha256_file
@@ -225,3 +228,17 @@ def test_exported_embeddings_match_open_clip_on_photos(tiny_bundle: Path, photos
     got = bundle.encode_image(images)
     cos = (ref * got).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
     assert cos.min() >= 0.9999
+
+
+def test_a_missed_parity_floor_names_the_furthest_sample_and_leaves_nothing(monkeypatch, tmp_path: Path) -> None:
+    """The floor raised past reach (cosine is at most 1): the real export fails its parity check, in one line that
+    names which input the written file reproduced worst, and no bundle is left behind."""
+    monkeypatch.setitem(PARITY_FLOORS, "fp32", 1.01)
+    with pytest.raises(ExportError, match=r"image encoder parity failed: min cosine") as err:
+        export_bundle(TINY, output=tmp_path / "b", random_init=True)
+    message = str(err.value)
+    assert re.search(r"furthest: (photo [a-z_]+|shapes eval image \d) \(\d\.\d{6}\)\)$", message), message
+    assert "\n" not in message and not (tmp_path / "b").exists()
+    names = sample_text_names()
+    assert len(names) == len(SAMPLE_TEXTS) and names[0] == "text 'a photo of a cat'"
+    assert max(len(n) for n in names) < 60  # the 500-character string is cut

@@ -280,8 +280,9 @@ def export_bundle(
 
         step("reparameterizing (folding train-time branches)")
         deploy = _reparameterized_copy(loaded.model)
-        images = parity.sample_images()
-        pixels = preprocess_images(images, preprocess_spec)
+        named = parity.named_sample_images()
+        pixels = preprocess_images([image for _, image in named], preprocess_spec)
+        sample_names = {"image": [name for name, _ in named], "text": parity.sample_text_names()}
         tokens = tokenizer.encode(list(parity.SAMPLE_TEXTS))
         encoders = Encoders(
             image=ImageEncoder(deploy).eval(),
@@ -317,11 +318,13 @@ def export_bundle(
                 encoder_specs[role] = draft
                 continue
             runners[role] = runner
-            report = parity.measure(reference[role], runner, file.inputs[0].name, batches[role], PARITY_REFERENCE)
+            measured = parity.measure(reference[role], runner, file.inputs[0].name, batches[role], PARITY_REFERENCE)
+            report = measured.report
             if report.min_cosine < options.min_cosine:
                 raise ExportError(
                     f"{role} encoder parity failed: min cosine {report.min_cosine:.6f} < {options.min_cosine} "
-                    f"over {report.samples} samples (max abs diff {report.max_abs_diff:.2e})"
+                    f"over {report.samples} samples (max abs diff {report.max_abs_diff:.2e}; furthest: "
+                    f"{measured.worst(sample_names[role])})"
                 )
             encoder_specs[role] = EncoderSpec(draft.file, draft.sha256, draft.inputs, draft.outputs, report)
         placement = _check_placement(runners, backend.name, require_delegate, min_delegated)
