@@ -22,9 +22,9 @@ import numpy as np
 
 from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
 from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders, ExportOptions
-from edgeclip.export.target_options import Choice, Flag, Float, Ints, TargetOptions, option, options_of
+from edgeclip.export.target_options import Flag, Float, Ints, TargetOptions, option, options_of
 from edgeclip.export.targets import TargetSpec, register_target
-from edgeclip.export.targets.onnx import TEXT_INT8_MODES, calibration_option
+from edgeclip.export.targets.onnx import calibration_option, text_int8_option
 from edgeclip.runtimes.backends.executorch import DELEGATE, EXTRA_HINT, PLACEMENT_SUFFIX
 from edgeclip.runtimes.manifest import TensorSpec
 
@@ -53,12 +53,9 @@ class ExecuTorchOptions(TargetOptions):
         help="int8: fail when an encoder's mean cosine to fp32 on held-out inputs drops by more than this",
         precisions=("int8",),
     )
-    text_int8: str = option(
-        Choice(TEXT_INT8_MODES),
-        "dynamic",
-        help="int8: how the text encoder is quantized (dynamic: activation scales chosen per run, as the onnx "
-        "target's text; closer to fp32 than static on trained text towers, docs/mobile.md)",
-        precisions=("int8",),
+    text_int8: str = text_int8_option(
+        "int8: how the text encoder is quantized (dynamic: activation scales chosen per run, as the onnx "
+        "target's text; closer to fp32 than static on trained text towers, docs/mobile.md)"
     )
     no_rewrites: bool = option(
         Flag(),

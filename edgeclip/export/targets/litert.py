@@ -26,9 +26,9 @@ import numpy as np
 
 from edgeclip.errors import ExportError, RuntimeUnavailable, UsageError
 from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders, ExportOptions
-from edgeclip.export.target_options import Choice, Flag, Float, TargetOptions, option, options_of
+from edgeclip.export.target_options import Flag, Float, TargetOptions, option, options_of
 from edgeclip.export.targets import TargetSpec, register_target
-from edgeclip.export.targets.onnx import TEXT_INT8_MODES, calibration_option
+from edgeclip.export.targets.onnx import calibration_option, text_int8_option
 from edgeclip.runtimes.manifest import TensorSpec
 
 if TYPE_CHECKING:
@@ -61,11 +61,8 @@ class LiteRTOptions(TargetOptions):
         help="int8: dynamic int8 (int8 weights, activations at run time), no calibration",
         precisions=("int8",),
     )
-    text_int8: str = option(
-        Choice(TEXT_INT8_MODES),
-        "dynamic",
-        help="static int8: how the text encoder is quantized (static calibrates on the set's captions)",
-        precisions=("int8",),
+    text_int8: str = text_int8_option(
+        "static int8: how the text encoder is quantized (static calibrates on the set's captions)"
     )
     max_cosine_drop: float | None = option(
         Float(0.0, 1.0),

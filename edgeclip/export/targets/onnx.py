@@ -31,6 +31,11 @@ def calibration_option() -> Any:
     return option(File(CALIBRATION_SOURCES), help=help, precisions=("int8",))
 
 
+def text_int8_option(help: str) -> Any:
+    """The --text-int8 option as every int8 target declares it: one flag, the same choices, dynamic by default."""
+    return option(Choice(TEXT_INT8_MODES), "dynamic", help=help, precisions=("int8",))
+
+
 def calibration_method_option() -> Any:
     """The --calibration-method option as the ONNX-based targets declare it."""
     return option(
@@ -55,11 +60,8 @@ class OnnxOptions(TargetOptions):
         precisions=("int8",),
     )
     dynamic: bool = option(Flag(), False, help="int8: dynamic int8 (MatMul/Gemm), no calibration", precisions=("int8",))
-    text_int8: str = option(
-        Choice(TEXT_INT8_MODES),
-        "dynamic",
-        help="static int8: how the text encoder is quantized (dynamic: faster and closer to fp32 on MobileCLIP2-S0)",
-        precisions=("int8",),
+    text_int8: str = text_int8_option(
+        "static int8: how the text encoder is quantized (dynamic: faster and closer to fp32 on MobileCLIP2-S0)"
     )
     max_cosine_drop: float | None = option(
         Float(0.0, 1.0),

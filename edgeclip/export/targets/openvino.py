@@ -21,7 +21,7 @@ from edgeclip.errors import ExportError, UsageError
 from edgeclip.export.options import EncoderFile, EncoderFiles, Encoders, ExportOptions
 from edgeclip.export.target_options import Choice, Float, TargetOptions, option, options_of
 from edgeclip.export.targets import TargetSpec, register_target
-from edgeclip.export.targets.onnx import calibration_option
+from edgeclip.export.targets.onnx import calibration_option, text_int8_option
 from edgeclip.runtimes.backends.openvino import HINT_KEY, INSTALL
 
 ROLES = ("image", "text")
@@ -32,7 +32,6 @@ PRESETS = ("performance", "mixed")
 # dynamic (default): int8 weights (nncf.compress_weights), activations quantized at run time: the analogue of ONNX's
 # dynamic text int8. static: NNCF's full int8 (transformer type, SmoothQuant): min cosine 0.60 to PyTorch on
 # random-weight MobileCLIP2-S0's text tower, so not the default (docs/openvino.md#int8).
-TEXT_INT8_MODES = ("dynamic", "static")  # the onnx target's choices, so both share one --text-int8 flag
 
 
 @dataclass(frozen=True)
@@ -46,12 +45,9 @@ class OpenVinoOptions(TargetOptions):
         help="int8: NNCF's quantization preset (performance: symmetric, fastest; mixed: asymmetric activations)",
         precisions=("int8",),
     )
-    text_int8: str = option(
-        Choice(TEXT_INT8_MODES),
-        TEXT_INT8_MODES[0],
-        help="int8: how the text encoder is quantized (dynamic: int8 weights, activations quantized at run time; "
-        "static: NNCF int8 activations and weights, can lose accuracy)",
-        precisions=("int8",),
+    text_int8: str = text_int8_option(
+        "int8: how the text encoder is quantized (dynamic: int8 weights, activations quantized at run time; "
+        "static: NNCF int8 activations and weights, can lose accuracy)"
     )
     max_cosine_drop: float | None = option(
         Float(0.0, 1.0),
