@@ -87,7 +87,7 @@ class LiteRTOptions(TargetOptions):
 
     @property
     def mode(self) -> str:
-        """'fp32', 'dynamic' or 'static' (the bench rows litert:fp32, litert:dynamic-int8, litert:int8)."""
+        """'fp32', 'dynamic' or 'static' (the bench rows litert:fp32, litert:int8+dynamic, litert:int8)."""
         return "dynamic" if self.dynamic else "static" if self.calibration is not None else "fp32"
 
 
