@@ -148,7 +148,9 @@ class Parity:
     reference: str
     image: CosineStats
     text: CosineStats
-    floor: float | None = None  # minimum cosine an entry of this precision must reach; None: not checked
+    # the cosine the worst input of this precision must reach (the mean is held to metrics.parity.mean_floor too);
+    # None: not checked
+    floor: float | None = None
 
     @property
     def worst_p1(self) -> float:

@@ -34,7 +34,7 @@ from edgeclip.bench.device import DeviceInfo, collect_device_info
 from edgeclip.bench.results import BenchEntry, BenchResult, ModelIdentity, Parity
 from edgeclip.bench.worker import MeasureRequest, measure
 from edgeclip.errors import EdgeclipError, RuntimeUnavailable, UsageError
-from edgeclip.metrics.parity import cosine_stats, parity_floor
+from edgeclip.metrics.parity import cosine_stats, parity_floor, parity_shortfall
 
 if TYPE_CHECKING:
     from edgeclip.export.target_options import TargetOptions
@@ -450,15 +450,16 @@ def _check_parity(entries: list[BenchEntry], embeddings: dict[str, str], referen
             floor,
         )
         entry = replace(entry, parity=parity)
-        if floor is not None and parity.worst_min < floor:
-            role = "image" if parity.image.min <= parity.text.min else "text"
+        missed = {
+            role: parity_shortfall(stats.min, stats.mean, entry.precision)
+            for role, stats in (("image", parity.image), ("text", parity.text))
+        }
+        role = next((r for r, m in missed.items() if m), None)
+        if role is not None:
             entry = replace(
                 entry,
                 status="failed_checks",
-                reason=(
-                    f"{role} encoder parity: min cosine {parity.worst_min:.6f} to {reference} is below the "
-                    f"{entry.precision} floor {floor}"
-                ),
+                reason=f"{role} encoder parity: {missed[role]} to {reference} (the {entry.precision} floor)",
             )
         out.append(entry)
     return out

@@ -19,7 +19,7 @@ from edgeclip.errors import BundleError, ExportError, RuntimeUnavailable, UsageE
 from edgeclip.export.options import Encoders, ExportOptions
 from edgeclip.export.target_options import TargetOptions
 from edgeclip.export.targets import get_target, list_targets
-from edgeclip.metrics.parity import PARITY_FLOORS
+from edgeclip.metrics.parity import PARITY_FLOORS, parity_shortfall
 from edgeclip.runtimes.backends import Backend, RuntimeOptions, backend_for_target
 from edgeclip.runtimes.bundle import sha256_path
 from edgeclip.runtimes.manifest import MANIFEST_NAME, BundleManifest, EncoderSpec, SourceModel
@@ -320,11 +320,11 @@ def export_bundle(
             runners[role] = runner
             measured = parity.measure(reference[role], runner, file.inputs[0].name, batches[role], PARITY_REFERENCE)
             report = measured.report
-            if report.min_cosine < options.min_cosine:
+            missed = parity_shortfall(report.min_cosine, report.mean_cosine, precision, options.min_cosine)
+            if missed:
                 raise ExportError(
-                    f"{role} encoder parity failed: min cosine {report.min_cosine:.6f} < {options.min_cosine} "
-                    f"over {report.samples} samples (max abs diff {report.max_abs_diff:.2e}; furthest: "
-                    f"{measured.worst(sample_names[role])})"
+                    f"{role} encoder parity failed: {missed} over {report.samples} samples (max abs diff "
+                    f"{report.max_abs_diff:.2e}; furthest: {measured.worst(sample_names[role])})"
                 )
             encoder_specs[role] = EncoderSpec(draft.file, draft.sha256, draft.inputs, draft.outputs, report)
         placement = _check_placement(runners, backend.name, require_delegate, min_delegated)

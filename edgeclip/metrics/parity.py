@@ -11,14 +11,41 @@ import numpy as np
 from edgeclip.errors import ExportError, UsageError
 from edgeclip.runtimes.manifest import ParityReport
 
-# The minimum cosine to the reference (PyTorch at export, the reference row in bench) an encoder of each precision
-# must reach over real photos and strings; export fails, and a bench row fails its checks, below it.
-PARITY_FLOORS: dict[str, float] = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": 0.99}
+# The cosine to the reference (PyTorch at export, the reference row in bench) the WORST of the real photos and strings
+# must reach for an encoder of each precision; export fails, and a bench row fails its checks, below it.
+PARITY_FLOORS: dict[str, float] = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": 0.97}
+# int8 is held on the mean as well (the issue's "int8 mean >= 0.99"), and its worst input only to 0.97: a model
+# trained on one domain (the shapes quickstart) embeds an out-of-domain photo where int8 noise moves it to ~0.974
+# while the mean stays above 0.99; a broken port or preprocessing (cosine ~0.94) is still refused. Elsewhere the
+# mean floor is the min floor. Measured: docs/mobile.md#int8-parity-floors.
+MEAN_FLOORS: dict[str, float] = {"int8": 0.99}
 
 
 def parity_floor(precision: str) -> float | None:
-    """The minimum cosine an encoder of `precision` is held to, or None for a precision without one."""
+    """The minimum cosine the worst input of an encoder of `precision` is held to, or None for a precision without."""
     return PARITY_FLOORS.get(precision)
+
+
+def mean_floor(precision: str) -> float | None:
+    """The mean cosine an encoder of `precision` is held to, or None for a precision without one."""
+    return MEAN_FLOORS.get(precision, PARITY_FLOORS.get(precision))
+
+
+def parity_shortfall(
+    min_cosine: float, mean_cosine: float, precision: str, min_floor: float | None = None
+) -> str | None:
+    """Which floor an encoder misses, as `min cosine 0.961234 < 0.97`, or None when it reaches both.
+
+    `min_floor` replaces the precision's floor on the worst input (a target may lower it, e.g. CoreML palettes);
+    the mean is held to MEAN_FLOORS where the precision has one, else to the same floor as the worst input.
+    """
+    low = parity_floor(precision) if min_floor is None else min_floor
+    if low is not None and min_cosine < low:
+        return f"min cosine {min_cosine:.6f} < {low}"
+    mean = MEAN_FLOORS.get(precision, low)
+    if mean is not None and mean_cosine < mean:
+        return f"mean cosine {mean_cosine:.6f} < {mean}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeclip.data.images import load_image
 from edgeclip.errors import BundleError, EdgeclipError, UsageError
-from edgeclip.metrics.parity import PARITY_FLOORS, cosine_rows
+from edgeclip.metrics.parity import PARITY_FLOORS, cosine_rows, mean_floor
 from edgeclip.runtimes.checksums import DIGESTS
 from edgeclip.runtimes.manifest import BundleManifest, TensorSpec
 from edgeclip.runtimes.preprocess import PreprocessSpec, normalize, resize_and_crop
@@ -198,7 +198,8 @@ def build_golden(
             "resize": f"mean absolute difference <= {RESIZE_MEAN_ABS_LEVELS} levels (0..255)",
             "normalize": f"max absolute difference <= {NORMALIZE_MAX_ABS}",
             "tokenize": "exact",
-            "encode": f"min cosine to the expected embeddings >= the precision's parity floor {PARITY_FLOORS}",
+            "encode": "min cosine to the expected embeddings >= this, by the bundle's precision: "
+            + str({p: mean_floor(p) for p in PARITY_FLOORS}),
         },
     }
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -475,7 +476,8 @@ def _check_stage(
                     "(mean/std, channel order, layout or value range)",
                 )
         else:  # encode
-            tolerance = PARITY_FLOORS.get(precision, PARITY_FLOORS["fp32"])
+            # A port runs the bundle's own file: every row is held to the precision's mean floor (0.99 for int8).
+            tolerance = mean_floor(precision) or PARITY_FLOORS["fp32"]
             metric = "min cosine to the expected embeddings"
             cos = cosine_rows(want, got)
             low = float(cos.min())
