@@ -59,7 +59,104 @@ def test_module_rewrites_compute_what_the_modules_they_replace_compute(tiny_mode
         torch.testing.assert_close(rewritten(x), attention(x), atol=2e-5, rtol=1e-4)
     with pytest.raises(UsageError, match="unknown module rewrite 'layernorm': expected one of"):
         apply_module_rewrites(attention, ["layernorm"])
-    assert set(XNNPACK_REWRITES) <= set(MODULE_REWRITES)
+    assert set(XNNPACK_REWRITES) <= set(MODULE_REWRITES) and "depthwise-bands" in XNNPACK_REWRITES
+
+
+def test_depthwise_bands_split_only_large_depthwise_convs_and_compute_the_same() -> None:
+    """Depthwise convs over XNNPACK's 25-tap tile become row bands of <= 25 taps, exactly; every other conv stays."""
+    from torch import nn
+
+    from edgeclip.precision.module_rewrites import XNNPACK_DEPTHWISE_TAPS, BandedDepthwiseConv2d
+
+    cases = [
+        nn.Conv2d(8, 8, 7, padding=3, groups=8),
+        nn.Conv2d(8, 8, 7, stride=2, padding=3, groups=8, bias=False),
+        nn.Conv2d(8, 8, (9, 5), padding=(4, 1), groups=8),  # 5 taps wide: bands of 5 rows
+        nn.Conv2d(8, 8, (6, 6), stride=(2, 1), padding=0, groups=8),
+        nn.Conv2d(8, 8, 7, stride=3, padding=2, groups=8),
+    ]
+    untouched = [
+        nn.Conv2d(8, 8, 5, padding=2, groups=8),  # 25 taps: XNNPACK's own depthwise kernel takes it
+        nn.Conv2d(8, 8, 7, padding=3),  # a dense conv
+        nn.Conv2d(8, 16, 7, padding=3, groups=8),  # depth multiplier 2
+        nn.Conv2d(8, 8, 7, padding=6, dilation=2, groups=8),
+        nn.Conv2d(8, 8, (1, 31), padding=(0, 15), groups=8),  # wider than one band can be
+        nn.Conv2d(8, 8, 7, padding="same", groups=8),
+    ]
+    for conv in cases:
+        rewritten, counts = apply_module_rewrites(nn.Sequential(conv.eval()), ["depthwise-bands"])
+        assert counts == {"depthwise-bands": 1}, conv
+        banded = rewritten[0]
+        assert isinstance(banded, BandedDepthwiseConv2d)
+        assert all(w.shape[2] * w.shape[3] <= XNNPACK_DEPTHWISE_TAPS for w in banded.weights)
+        for height in (23, 24, 9):  # odd and even heights, under stride 2 and 3 as well
+            x = torch.randn(2, 8, height, 17)
+            with torch.no_grad():
+                torch.testing.assert_close(rewritten(x), conv(x), atol=1e-5, rtol=1e-5)
+    for conv in untouched:
+        rewritten, counts = apply_module_rewrites(nn.Sequential(conv), ["depthwise-bands"])
+        assert counts == {"depthwise-bands": 0} and type(rewritten[0]) is nn.Conv2d, conv
+    # MobileCLIP2-S0's reparameterized image tower: its 21 7x7 depthwise convs (ConvFFN, patch embeddings, the
+    # conditional positional encodings), and the tower computes the same
+    from edgeclip.export import _reparameterized_copy
+
+    s0 = ImageEncoder(_reparameterized_copy(load_model("MobileCLIP2-S0", random_init=True).model)).eval()
+    rewritten, counts = apply_module_rewrites(s0, ["depthwise-bands"])
+    assert counts == {"depthwise-bands": 21}
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(pixels), s0(pixels), atol=1e-5, rtol=1e-4)
+
+
+@needs_executorch
+def test_xnnpack_runs_a_7x7_depthwise_conv_as_igemm_and_the_bands_as_depthwise_kernels(tmp_path: Path) -> None:
+    """The reason for depthwise-bands, on the real runtime: XNNPACK's own per-operator events name the kernel."""
+    from torch import nn
+
+    from edgeclip.export.targets.executorch import _lower
+    from edgeclip.runtimes.backends.executorch import op_times
+
+    conv = nn.Sequential(nn.Conv2d(16, 16, 7, padding=3, groups=16)).eval()
+    x = torch.randn(1, 16, 20, 20)
+    kernels = {}
+    for rewrites in ((), ("depthwise-bands",)):
+        path = tmp_path / f"{len(rewrites)}.pte"
+        path.write_bytes(_lower("image", conv, x, (1,), rewrites, None).buffer)
+        names = [name for name, _ in op_times(path, x.numpy(), threads=1, runs=2)]
+        kernels[rewrites] = sorted({n.rsplit(" #", 1)[0] for n in names if n.startswith("Convolution")})
+    assert kernels[()] == ["Convolution (NHWC, F32) IGEMM"]
+    assert kernels[("depthwise-bands",)] == ["Convolution (NHWC, F32) DWConv"]
+
+
+@needs_executorch
+def test_depthwise_bands_lower_to_int8_inside_a_quantized_network(tmp_path: Path) -> None:
+    """As in FastViT: a 7x7 depthwise conv fed by another quantized op, then BatchNorm. XNNPACK must compile the
+    int8 program (an int8 pad between two differently quantized tensors does not), run it on its depthwise kernels,
+    and stay close to float."""
+    from torch import nn
+
+    from edgeclip.export.targets.executorch import _lower
+    from edgeclip.runtimes.backends.executorch import ExecuTorchBackend, op_times
+    from edgeclip.runtimes.manifest import EncoderSpec, TensorSpec
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.Conv2d(16, 16, 7, padding=3, groups=16, bias=False),
+        nn.BatchNorm2d(16),
+        nn.Conv2d(16, 16, 1),
+    ).eval()
+    x = torch.randn(1, 16, 20, 20)
+    feeds = [{"pixels": torch.randn(16, 16, 20, 20).numpy()}]
+    path = tmp_path / "int8.pte"
+    path.write_bytes(_lower("image", net, x, (1,), ("depthwise-bands",), feeds).buffer)
+    spec = EncoderSpec(path.name, "", (TensorSpec("pixels", (1, 16, 20, 20), "float32"),), ())
+    got = ExecuTorchBackend(path, spec, RuntimeOptions(threads=1)).run({"pixels": x.numpy()})[0]
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert cosine_rows(want.reshape(1, -1), got.reshape(1, -1)).min() > 0.99
+    convs = {n.rsplit(" #", 1)[0] for n, _ in op_times(path, x.numpy(), threads=1, runs=2) if "Convolution" in n}
+    assert convs and not any("IGEMM" in c for c in convs), convs
 
 
 def test_the_backend_module_loads_without_torch() -> None:
@@ -83,7 +180,8 @@ class TestTinyBundle:
     """One fp32 export with two batch sizes (1 and 3), held to parity, placement, batching and thread checks."""
 
     @pytest.fixture(scope="class")
-    def bundle(self, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    @classmethod
+    def bundle(cls, tmp_path_factory: pytest.TempPathFactory) -> Path:
         out = tmp_path_factory.mktemp("et") / "tiny.edgeclip"
         export_bundle(TINY, output=out, target="executorch", random_init=True, target_options={"batch_sizes": "1,3"})
         return out
@@ -173,7 +271,8 @@ def test_int8_is_calibrated_gated_and_close_to_pytorch(tmp_path: Path, photos) -
     manifest = json.loads((out / "manifest.json").read_text())
     record = manifest["calibration"]
     assert record["gate"]["passed"] and record["gate"]["reference"].startswith("pytorch fp32")
-    assert record["keep_float"] == ["LayerNorm4d", "BmmAttentionCore"] and record["set"]["images"] > 0
+    assert record["keep_float"] == ["LayerNorm4d", "BmmAttentionCore", "BandedDepthwiseConv2d"]
+    assert record["set"]["images"] > 0
     assert record["text_int8"] == "dynamic" and "text encoder's scaled per run" in record["method"]
     # Dynamic int8 linears (activation scales chosen per run) are XNNPACK ops too: nothing heavy falls out.
     text = manifest["target_info"]["placement"]["text"]

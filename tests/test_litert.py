@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from edgeclip.cli import cli
 from edgeclip.errors import BundleError, UsageError
 from edgeclip.export import export_bundle
+from edgeclip.export.targets.litert import DYNAMIC_RECIPE
 from edgeclip.runtimes import load_bundle
 from edgeclip.runtimes.backends import RuntimeOptions
 from edgeclip.runtimes.manifest import MANIFEST_NAME
@@ -53,6 +54,8 @@ def test_manifest_records_the_input_contract_and_parity_of_the_written_files(lit
     assert image["inputs"] == [{"name": "pixels", "shape": [1, 3, 64, 64], "dtype": "float32"}]
     assert text["inputs"][0]["name"] == "token_ids" and text["inputs"][0]["dtype"] == "int32"
     assert m["target_info"]["layout"] == "NCHW" and m["target_info"]["token_ids_dtype"] == "int32"
+    # the tiny ViT has no depthwise conv over XNNPACK's 25 taps: the rewrite ran and replaced nothing
+    assert m["target_info"]["module_rewrites"] == {"image": {"depthwise-bands": 0}, "text": {"depthwise-bands": 0}}
     for role in ("image", "text"):  # parity measured by the Interpreter on the written file, photos and strings
         assert m["encoders"][role]["parity"]["min_cosine"] >= 0.9999
     assert m["encoders"]["image"]["parity"]["samples"] >= 4 and m["encoders"]["text"]["parity"]["samples"] >= 10
@@ -107,7 +110,7 @@ def test_dynamic_int8_quantizes_weights_and_passes_the_gate(litert_bundle: Path,
     m = _manifest(dynamic_bundle)
     record = m["calibration"]
     assert m["precision"] == "int8" and record["mode"] == "dynamic" and record["gate"]["passed"]
-    assert record["recipes"] == {"image": "dynamic_wi8_afp32", "text": "dynamic_wi8_afp32"}
+    assert record["recipes"] == {"image": DYNAMIC_RECIPE, "text": DYNAMIC_RECIPE}
     assert record["gate"]["image"]["mean_cosine"] >= 0.99 and record["gate"]["text"]["mean_cosine"] >= 0.99
     for role in ("image", "text"):
         assert m["encoders"][role]["parity"]["mean_cosine"] >= 0.99
@@ -132,7 +135,7 @@ def test_static_int8_from_a_calibration_set(tmp_path: Path, litert_bundle: Path)
     export_bundle(TINY, output=out, target="litert", precision="int8", random_init=True, target_options=options)
     record = _manifest(out)["calibration"]
     assert record["mode"] == "static" and record["text_int8"] == "dynamic" and record["gate"]["passed"]
-    assert record["recipes"] == {"image": STATIC_RECIPE, "text": "dynamic_wi8_afp32"}
+    assert record["recipes"] == {"image": STATIC_RECIPE, "text": DYNAMIC_RECIPE}
     assert record["set"]["images"] == 40 and _manifest(out)["encoders"]["image"]["parity"]["mean_cosine"] >= 0.99
     image = load_bundle(out)
     assert image.encoder("image").interpreter.get_input_details()[0]["dtype"] == np.float32  # float I/O kept

@@ -5,7 +5,12 @@ ExecuTorch's XNNPACK partitioner (1.5) takes no `layer_norm`, averages only 4-D 
 3-D `bmm` but not the small ops `nn.MultiheadAttention` and 4-D matmuls decompose into; every op it refuses cuts the
 graph into one more delegate piece and runs on the portable CPU kernels. Each recipe says which module types it
 replaces and which of its new modules an int8 quantizer must leave in float (normalization and softmax statistics
-lose accuracy in int8). Measured effect (pieces, latency, cosine): docs/mobile.md#module-rewrites.
+lose accuracy in int8; XNNPACK's int8 depthwise kernel is slower than its fp32 one on x86). Measured effect
+(pieces, latency, cosine): docs/mobile.md#module-rewrites.
+
+XNNPACK's depthwise kernels take at most 25 taps: a larger depthwise kernel (FastViT's 7x7) runs as a grouped
+IGEMM with one channel per group, 15-40x slower than ONNX Runtime's kernel for the same op (runs of the op-by-op
+profile, docs/mobile.md), so it is split.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeclip.errors import UsageError
@@ -132,6 +138,69 @@ class BmmConvAttention(nn.Module):
         return out.permute(0, 2, 1).reshape(b, c, h, w)
 
 
+# The most taps XNNPACK's depthwise convolution kernels take; a larger depthwise kernel falls to grouped IGEMM.
+XNNPACK_DEPTHWISE_TAPS = 25
+
+
+class BandedDepthwiseConv2d(nn.Module):
+    """A depthwise conv whose kernel exceeds XNNPACK's depthwise tile, as row bands of at most that many taps summed.
+
+    Each band is a depthwise conv with its own zero padding, cropped to the output rows it contributes to, so the sum
+    is the original convolution up to float rounding. No separate pad op: XNNPACK's int8 constant pad refuses an
+    input whose quantization differs from its output's, as it does inside a quantized network.
+    """
+
+    def __init__(self, conv: nn.Conv2d, max_taps: int = XNNPACK_DEPTHWISE_TAPS) -> None:
+        super().__init__()
+        weight = conv.weight.detach()
+        kh, kw = int(weight.shape[2]), int(weight.shape[3])
+        self.channels = int(weight.shape[0])
+        self.stride = (int(conv.stride[0]), int(conv.stride[1]))
+        self.padding = (int(conv.padding[0]), int(conv.padding[1]))
+        self.kernel_rows = kh
+        rows_per_band = max(1, max_taps // kw)
+        self.starts = list(range(0, kh, rows_per_band))
+        self.weights = nn.ParameterList(
+            nn.Parameter(weight[:, :, r0 : r0 + rows_per_band].clone(), requires_grad=False) for r0 in self.starts
+        )
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def _band_padding(self, r0: int, rows: int, height: int) -> tuple[int, int]:
+        """(zero rows on each side, first output row to keep) for the band of kernel rows r0..r0+rows-1."""
+        (p, _), (s, _) = self.padding, self.stride
+        out_h = (height + 2 * p - self.kernel_rows) // s + 1
+        q = max(0, p - r0)
+        while (r0 - p + q) % s:  # the band's output rows must land on the original's
+            q += 1
+        while (r0 - p + q) // s + out_h > (height + 2 * q - rows) // s + 1:
+            q += s
+        return q, (r0 - p + q) // s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (p, pw), (s, sw) = self.padding, self.stride
+        height = int(x.shape[2])
+        out_h = (height + 2 * p - self.kernel_rows) // s + 1
+        out = None
+        for r0, weight in zip(self.starts, self.weights, strict=True):
+            q, first = self._band_padding(r0, int(weight.shape[2]), height)
+            y = F.conv2d(x, weight, None, (s, sw), (q, pw), 1, self.channels)[:, :, first : first + out_h]
+            out = y if out is None else out + y
+        assert out is not None
+        return out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
+
+
+def _large_depthwise(module: nn.Module) -> nn.Module | None:
+    if type(module) is not nn.Conv2d or module.padding_mode != "zeros" or isinstance(module.padding, str):
+        return None
+    channels = module.in_channels
+    kh, kw = module.kernel_size
+    if not (module.groups == channels == module.out_channels) or tuple(module.dilation) != (1, 1):
+        return None
+    if kh * kw <= XNNPACK_DEPTHWISE_TAPS or kw > XNNPACK_DEPTHWISE_TAPS:
+        return None
+    return BandedDepthwiseConv2d(module)
+
+
 def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach()
 
@@ -177,10 +246,18 @@ MODULE_REWRITES: dict[str, ModuleRewrite] = {
             _attention,
             keep_float=(BmmAttentionCore,),
         ),
+        ModuleRewrite(
+            "depthwise-bands",
+            f"a depthwise conv of more than {XNNPACK_DEPTHWISE_TAPS} taps (FastViT's 7x7) as row bands of at most "
+            f"{XNNPACK_DEPTHWISE_TAPS} taps summed (XNNPACK runs larger ones as a slow grouped IGEMM)",
+            _large_depthwise,
+            # XNNPACK's int8 depthwise kernel is slower than its fp32 one on x86 (docs/mobile.md, op by op)
+            keep_float=(BandedDepthwiseConv2d,),
+        ),
     )
 }
 # The recipes the executorch target applies unless asked not to.
-XNNPACK_REWRITES = ("layernorm-4d", "attention-bmm")
+XNNPACK_REWRITES = ("layernorm-4d", "attention-bmm", "depthwise-bands")
 
 
 def apply_module_rewrites(module: nn.Module, names: Sequence[str]) -> tuple[nn.Module, dict[str, int]]:

@@ -7,10 +7,14 @@ LiteRT's dynamic batch is fragile [litert-torch#685]. The input layout is NCHW, 
 and edgeclip's preprocessing produce (XNNPACK works in NHWC internally either way; the converter adds the
 transposes). Token ids are int32: LiteRT has no int64 argmax, which open_clip's text pooling needs.
 
+Before conversion each encoder gets the `depthwise-bands` module rewrite (edgeclip.precision.module_rewrites): XNNPACK
+runs a depthwise conv of more than 25 taps (FastViT's 7x7) as a slow grouped IGEMM (docs/mobile.md, op by op).
+
 Precisions, in the same grammar as the ONNX target: `fp32`; `int8 --dynamic` (int8 weights, activations quantized
-at run time: ai-edge-quantizer's dynamic_wi8_afp32); `int8 --calibration SET` (static int8 activations calibrated
-on the image set every target takes; the text encoder dynamic unless `--text-int8 static`). int8 files are made
-from the fp32 ones and gated against them on held-out inputs, as the ONNX target's are.
+at run time: ai-edge-quantizer's dynamic_wi8_afp32, depthwise convs kept float so XNNPACK keeps them);
+`int8 --calibration SET` (static int8 activations calibrated on the image set every target takes; the text encoder
+dynamic unless `--text-int8 static`). int8 files are made from the fp32 ones and gated against them on held-out
+inputs, as the ONNX target's are.
 """
 
 from __future__ import annotations
@@ -42,7 +46,12 @@ OUTPUT_NAME = "embeddings"
 LAYOUT = "NCHW"
 BATCH = 1
 ROLES = ("image", "text")
-DYNAMIC_RECIPE = "dynamic_wi8_afp32"
+# XNNPACK has no dynamic-int8 depthwise kernel: quantized, each depthwise conv leaves the delegate for TFLite's hybrid
+# kernel (S0 image: 45 pieces); kept float, the graph is one XNNPACK piece and 1.6x faster (docs/litert.md).
+DYNAMIC_FLOAT_OPS = ("DEPTHWISE_CONV_2D",)
+DYNAMIC_RECIPE = "dynamic_wi8_afp32, " + ", ".join(DYNAMIC_FLOAT_OPS) + " kept float"
+# The module rewrites applied before conversion unless --no-rewrites.
+LITERT_REWRITES = ("depthwise-bands",)
 # Static int8 on the ops that carry the MACs only: with ai-edge-quantizer's static_wi8_ai8 (every supported op) the
 # tiny ViT fell into 29 XNNPACK pieces (int8 layer norm, GELU, softmax, batch matmul stay out); with these three
 # it is one piece, the rest float with QUANTIZE/DEQUANTIZE between.
@@ -68,6 +77,12 @@ class LiteRTOptions(TargetOptions):
         Float(0.0, 1.0),
         help="int8: fail when an encoder's mean cosine to fp32 on held-out inputs drops by more than this",
         precisions=("int8",),
+    )
+    no_rewrites: bool = option(
+        Flag(),
+        False,
+        help="convert the graphs as PyTorch gives them, without splitting large depthwise convs into bands "
+        "(for comparison: XNNPACK then runs them as a slow grouped IGEMM)",
     )
 
     def check(self, precision: str) -> LiteRTOptions:
@@ -210,16 +225,19 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
     """Write image_encoder.tflite and text_encoder.tflite into `out_dir` (fp32, or int8 made from fp32 and gated)."""
     import torch
 
+    from edgeclip.precision.module_rewrites import apply_module_rewrites
+
     opts = options_of(options, LiteRTOptions)
     if options.precision == "int8":
         return _export_int8(encoders, out_dir, options, opts)
-    files = {}
+    files, rewrites = {}, {}
     for role, module in (("image", encoders.image), ("text", encoders.text)):
         example = _example(role, encoders)
         with torch.no_grad():
             embed_dim = int(module(example[:1]).shape[-1])
         file = _encoder_file(role, example, embed_dim)
-        convert_encoder(role, module, example, out_dir / file.file)
+        rewritten, rewrites[role] = apply_module_rewrites(module, () if opts.no_rewrites else LITERT_REWRITES)
+        convert_encoder(role, rewritten, example, out_dir / file.file)
         files[role] = file
     return EncoderFiles(
         image=files["image"],
@@ -231,6 +249,7 @@ def export(encoders: Encoders, out_dir: Path, options: ExportOptions) -> Encoder
             "token_ids_dtype": INPUT_DTYPES["text"],
             "signature": "serving_default (one per file)",
             "runtime": "ai-edge-litert Interpreter with the XNNPACK delegate, thread count set",
+            "module_rewrites": rewrites,
             "versions": _versions(),
         },
     )
@@ -247,6 +266,8 @@ def quantize_file(src: Path, dst: Path, mode: str, feeds: list[dict[str, np.ndar
 
     if mode == "dynamic":
         qt = quantizer.Quantizer(str(src), recipe.dynamic_wi8_afp32())
+        for op in DYNAMIC_FLOAT_OPS:
+            qt.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=AlgorithmName.NO_QUANTIZE)
     else:
         manager = RecipeManager()
         for op in STATIC_OPS:
@@ -319,7 +340,8 @@ def _export_int8(encoders: Encoders, out_dir: Path, options: ExportOptions, opts
     static = {"image"} | ({"text"} if opts.text_int8 == "static" else set()) if calib is not None else set()
     recipes = {role: STATIC_RECIPE if role in static else DYNAMIC_RECIPE for role in ROLES}
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        fp32 = export(encoders, Path(tmp), ExportOptions(options.target, "fp32"))
+        fp32_options = ExportOptions(options.target, "fp32", target_options=LiteRTOptions(no_rewrites=opts.no_rewrites))
+        fp32 = export(encoders, Path(tmp), fp32_options)
         src = (Path(tmp) / fp32.image.file, Path(tmp) / fp32.text.file)
         dst = (out_dir / fp32.image.file, out_dir / fp32.text.file)
         for i, role in enumerate(ROLES):
