@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,38 @@ class ExecuTorchBackend:
             raise BundleError(
                 f"{record_path} is missing or malformed ({e}): expected the export's placement record"
             ) from None
+
+
+def op_times(path: Path, array: np.ndarray, threads: int, runs: int = 10) -> list[tuple[str, float]]:
+    """Median µs of each operator inside the XNNPACK delegate over `runs` calls, in execution order.
+
+    For profiling, not serving: the program is loaded with ETDump on (the PyPI runtime records XNNPACK's own
+    per-operator events, e.g. `Convolution (NHWC, F32) DWConv #3`); ops outside the delegate appear as
+    `native_call_<op>`. The first two calls are warm-up and not counted.
+    """
+    import statistics
+    import tempfile
+
+    import torch
+    from executorch.devtools import Inspector
+
+    _, lib = executorch_runtime()
+    set_threads(lib, threads)
+    module = lib._load_for_executorch(str(path), enable_etdump=True)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    for _ in range(runs + 2):
+        module.forward([tensor])
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "run.etdp"
+        module.write_etdump_result_to_file(str(dump))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Output Buffer not found": no tensors were asked for, only times
+            blocks = Inspector(etdump_path=str(dump)).event_blocks
+    envelopes = ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL")
+    return [
+        (event.name, 1e3 * statistics.median(list(event.perf_data.raw)[2:]))
+        for block in blocks
+        if block.name == "Execute"
+        for event in block.events
+        if event.perf_data is not None and event.name not in envelopes
+    ]
