@@ -1,6 +1,8 @@
 """Mobile runtimes side by side: each row's bundle exported from the same random-weight model, then file size,
 cosine to PyTorch on real photos (from the export's own parity run of the written file), delegate placement, and
-latency at batch 1 in ONE interleaved run against ONNX Runtime fp32 (ratios, not absolute ms).
+latency at batch 1 in ONE interleaved run against ONNX Runtime fp32 (ratios, not absolute ms). By default each
+row is timed in its own process, one at a time (benchmarks.timing.time_in_processes): in one process the
+runtimes' thread pools disturb each other on 2 cores (`--timing inprocess` for comparison).
 
     PYTHONPATH=$PWD python -m benchmarks.mobile_runtimes --arch MobileCLIP2-S0 --threads 2 --out /tmp/mobile
     PYTHONPATH=$PWD python -m benchmarks.mobile_runtimes --rows litert:fp32,litert:int8+dynamic --threads 1
@@ -13,11 +15,13 @@ docs/mobile.md (ExecuTorch) and docs/litert.md (LiteRT).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +113,14 @@ def size_mb(bundle: Path, file: str) -> float:
     return total / 1e6
 
 
+def bundle_runner(path: str, role: str, threads: int, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    """One encoder of a bundle as a no-argument call (built inside a timing worker process)."""
+    from edgeclip.runtimes import load_bundle
+
+    encoder = load_bundle(path, threads=threads).encoder(role)
+    return lambda: encoder.run(feed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="MobileCLIP2-S0")
@@ -118,9 +130,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median per candidate)")
     parser.add_argument("--calibration-images", type=int, default=96)
     parser.add_argument("--export-only", action="store_true")
+    parser.add_argument(
+        "--timing",
+        choices=("process", "inprocess"),
+        default="process",
+        help="process: each row in its own process, one at a time (default); inprocess: all in this one, interleaved",
+    )
     args = parser.parse_args()
 
-    from benchmarks.timing import time_interleaved
+    from benchmarks.timing import time_in_processes, time_interleaved
     from edgeclip.runtimes import load_bundle
     from edgeclip.runtimes.placement import placement_of
     from edgeclip.runtimes.preprocess import preprocess
@@ -149,15 +167,21 @@ def main() -> None:
     tokens = first.tokenizer.encode(["a photo of an astronaut floating above the earth"])
     table = []
     for role, batch in (("image", pixels), ("text", tokens)):
-        runners = {}
+        runners, factories = {}, {}
         for name, bundle in bundles.items():
             encoder = bundle.encoder(role)
             spec = bundle.manifest.encoders[role]
             feed = {spec.inputs[0].name: batch.astype(np.dtype(spec.inputs[0].dtype))}
             runners[name] = lambda encoder=encoder, feed=feed: encoder.run(feed)
-        print(f"timing the {role} encoders ({len(runners)} interleaved; load {os.getloadavg()})", flush=True)
-        # The machine is shared: every round is kept (no quiet-round filter); ratios within one run still hold.
-        ms = time_interleaved(runners, rounds=args.rounds, inner=3, max_other=1e9)
+            factories[name] = functools.partial(bundle_runner, str(paths[name]), role, args.threads, feed)
+        print(
+            f"timing the {role} encoders ({len(runners)} interleaved, {args.timing}; load {os.getloadavg()})",
+            flush=True,
+        )
+        if args.timing == "process":
+            ms = time_in_processes(factories, rounds=args.rounds)
+        else:  # every round is kept (no quiet-round filter); ratios within one run still hold
+            ms = time_interleaved(runners, rounds=args.rounds, inner=3, max_other=1e9)
         for name, bundle in bundles.items():
             spec = bundle.manifest.encoders[role]
             placement = placement_of(bundle.encoder(role))

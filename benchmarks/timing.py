@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -85,3 +86,59 @@ def op_totals(times: dict[str, tuple[str, float]]) -> dict[str, float]:
 def op_profile(session, fn: Callable[[], object], runs: int = 30) -> None:
     """Print ORT's per-op-type share of kernel time."""
     print_shares(op_totals(node_times(session, fn, runs)), "per op type")
+
+
+def _timing_worker(conn, factory: Callable[[], Callable[[], object]]) -> None:
+    """One candidate in its own process: build it, then time `inner` calls whenever the parent asks."""
+    fn = factory()
+    for _ in range(3):
+        fn()
+    conn.send("ready")
+    while (inner := conn.recv()) is not None:
+        fn()  # the block's first call wakes this process's threads after the pause: not counted
+        calls = []
+        for _ in range(inner):
+            start = time.perf_counter()
+            fn()
+            calls.append((time.perf_counter() - start) * 1e3)
+        conn.send(statistics.median(calls))
+
+
+def time_in_processes(
+    factories: dict[str, Callable[[], Callable[[], object]]], rounds: int, inner: int = 5, settle: float = 0.05
+) -> dict[str, float]:
+    """Median ms per call over `rounds` rounds (of each round, the median of `inner` calls after one untimed call),
+    each candidate in its OWN process, run one at a time, shuffled.
+
+    In one process, runtimes disturb each other on a 2-core machine: ONNX Runtime's and XNNPACK's thread pools
+    spin after a run, and their allocators and caches are shared; the candidate timed after another pays for it.
+    Here only one process works at a time, and `settle` seconds pass between candidates so the last one's spinning
+    threads park. `factories` must pickle (module-level functions, functools.partial of them): each builds its
+    candidate inside its process.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    try:
+        for name, factory in factories.items():
+            parent, child = context.Pipe()
+            process = context.Process(target=_timing_worker, args=(child, factory), daemon=True)
+            process.start()
+            workers[name] = (process, parent)
+            if parent.recv() != "ready":
+                raise RuntimeError(f"timing worker {name} did not start")
+        kept: dict[str, list[float]] = {k: [] for k in factories}
+        for _ in range(rounds):
+            for name in random.sample(list(factories), len(factories)):
+                time.sleep(settle)
+                workers[name][1].send(inner)
+                kept[name].append(workers[name][1].recv())
+    finally:
+        for process, conn in workers.values():
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send(None)
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    return {k: statistics.median(v) for k, v in kept.items()}
