@@ -206,9 +206,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in table:
         delegated = "-" if r["delegated"] is None else f"{r['delegated']:.3f}"
+        gate = "-" if r["gate_mean"] != r["gate_mean"] else f"{r['gate_mean']:.5f}"  # NaN: no int8 gate (fp32)
         print(
             f"| {r['row']} | {r['encoder']} | {r['MB']:.1f} | {r['min_cos']:.6f} | {r['mean_cos']:.6f} | "
-            f"{r['gate_mean']:.5f} | {r['pieces'] if r['pieces'] is not None else '-'} | {delegated} | "
+            f"{gate} | {r['pieces'] if r['pieces'] is not None else '-'} | {delegated} | "
             f"{r['ms']:.1f} | {r['vs_onnx']:.2f} |"
         )
     print("\nops left outside the delegate (forward method):")
