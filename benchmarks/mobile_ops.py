@@ -6,7 +6,10 @@ which kernel ran it and how long it took. Then the image encoder is lowered as t
 once with every XNNPACK rewrite and once without `depthwise-bands`, and exported to ONNX, and:
 1. each op is timed inside its runtime: XNNPACK's own per-operator events (ETDump, which the PyPI runtime records
    inside the delegate) and ONNX Runtime's profiler, medians over runs, summed per op class;
-2. the three files are timed whole in ONE interleaved run at batch 1, each in its own process, one at a time.
+2. the whole run is timed three ways: as the profiler saw it (ORT's `model_run`, ExecuTorch's `Method::execute`),
+   unprofiled in the profiling process right after it, and each file in its own process, one at a time, in ONE
+   interleaved run at batch 1 (the way benchmarks/mobile_runtimes.py times rows): the first two account for the
+   time between ops, the last is the comparison.
 
     PYTHONPATH=$PWD python -m benchmarks.mobile_ops --arch MobileCLIP2-S0 --threads 2
 
@@ -22,6 +25,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,8 +54,10 @@ def _ort_class(op: str, shapes: list[dict]) -> str:
     return "other (elementwise, layout, pad/slice, norm)"
 
 
-def ort_profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, list[float]]:
-    """Median µs per node over `runs` calls, grouped by class: {class: [µs of each node]}."""
+def ort_profile(
+    path: Path, feed: dict[str, np.ndarray], threads: int, runs: int
+) -> tuple[dict[str, list[float]], float]:
+    """Median µs per node over `runs` calls, grouped by class ({class: [µs of each node]}), and of the whole run."""
     import onnxruntime
 
     from edgeclip.runtimes.backends.ort import session_options
@@ -64,25 +70,33 @@ def ort_profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int
         session.run(None, feed)
     per_node: dict[str, list[float]] = collections.defaultdict(list)
     cls: dict[str, str] = {}
+    whole: list[float] = []
     for e in json.loads(Path(session.end_profiling()).read_text()):
+        if e.get("cat") == "Session" and e["name"] == "model_run":
+            whole.append(e["dur"])
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_node[e["name"]].append(e["dur"])
             cls[e["name"]] = _ort_class(e["args"]["op_name"], e["args"].get("input_type_shape", []))
     out: dict[str, list[float]] = collections.defaultdict(list)
     for node, us in per_node.items():
         out[cls[node]].append(statistics.median(us[2:] or us))
-    return out
+    return out, statistics.median(whole[2:] or whole)
 
 
-def executorch_profile(path: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, list[float]]:
-    """XNNPACK's per-operator events (ETDump), median µs per op over `runs` calls, grouped by class."""
-    from edgeclip.runtimes.backends.executorch import op_times
+def executorch_profile(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[dict[str, list[float]], float]:
+    """XNNPACK's per-operator events (ETDump), median µs per op over `runs` calls grouped by class, and the median
+    µs of the whole method (`Method::execute`)."""
+    from edgeclip.runtimes.backends.executorch import ENVELOPE_EVENTS, op_times
 
     out: dict[str, list[float]] = collections.defaultdict(list)
-    for name, us in op_times(path, x, threads, runs):
+    whole = 0.0
+    for name, us in op_times(path, x, threads, runs, envelopes=True):
+        if name in ENVELOPE_EVENTS:
+            whole = us if name == "Method::execute" else whole
+            continue
         kind = name.rsplit(" #", 1)[0]
         out[_XNNPACK_CLASSES.get(kind, "other (elementwise, layout, pad/slice, norm)")].append(us)
-    return out
+    return out, whole
 
 
 def depthwise_kernels(threads: int, runs: int) -> None:
@@ -112,7 +126,7 @@ def depthwise_kernels(threads: int, runs: int) -> None:
             kernels = sorted({n.rsplit(" #", 1)[0].split(") ")[-1] for n, _ in convs})
             onnx_path = Path(tmp) / "conv.onnx"
             export_onnx_graph(conv, x, onnx_path, input_name="x", output_name="y")
-            ort_us = sum(sum(us) for us in ort_profile(onnx_path, {"x": x.numpy()}, threads, runs).values())
+            ort_us = sum(sum(us) for us in ort_profile(onnx_path, {"x": x.numpy()}, threads, runs)[0].values())
             xnn_us = f"{sum(us for _, us in convs):.0f} / {sum(us for _, us in ops):.0f}"
             print(f"| {label} | {kh * kw} | {', '.join(kernels)} x{len(convs)} | {xnn_us} | {ort_us:.0f} |")
 
@@ -136,6 +150,21 @@ def pte_runner(path: str, threads: int, x: np.ndarray) -> Callable[[], object]:
     spec = EncoderSpec(Path(path).name, "", (TensorSpec("pixels", tuple(x.shape), "float32"),), ())
     backend = ExecuTorchBackend(Path(path), spec, RuntimeOptions(threads=threads))
     return lambda: backend.run({"pixels": x})
+
+
+def _median_ms(call: Callable[[], object], runs: int) -> float:
+    """Median ms of `runs` calls after two untimed ones."""
+    call(), call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _cells(ms: dict[str, float]) -> str:
+    return " | ".join(f"{v:.2f}" for v in ms.values())
 
 
 def main() -> None:
@@ -169,21 +198,23 @@ def main() -> None:
     _, counts = apply_module_rewrites(encoder, ("depthwise-bands",))
     print(f"  depthwise-bands replaces {counts['depthwise-bands']} depthwise convs", flush=True)
     files = {"ONNX Runtime": None, "ExecuTorch, no depthwise-bands": without, "ExecuTorch": XNNPACK_REWRITES}
-    profiles, factories = {}, {}
+    profiles, factories, profiled_ms, same_process_ms = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, rewrites in files.items():
             if rewrites is None:
                 path = Path(tmp) / "image.onnx"
                 export_onnx_graph(encoder, example, path, input_name="pixels", output_name="embeddings")
-                profiles[label] = ort_profile(path, {"pixels": x}, args.threads, args.runs)
+                profiles[label], whole = ort_profile(path, {"pixels": x}, args.threads, args.runs)
                 factories[label] = functools.partial(onnx_runner, str(path), args.threads, x)
+                profiled_ms[label], same_process_ms[label] = whole / 1e3, _median_ms(factories[label](), args.runs)
                 continue
             lowered = _lower("image", encoder, example, (1,), rewrites, None)
             path = Path(tmp) / f"image-{len(rewrites)}.pte"
             path.write_bytes(lowered.buffer)
             print(f"  {label}: {lowered.placement['pieces']} delegate pieces", flush=True)
-            profiles[label] = executorch_profile(path, x, args.threads, args.runs)
+            profiles[label], whole = executorch_profile(path, x, args.threads, args.runs)
             factories[label] = functools.partial(pte_runner, str(path), args.threads, x)
+            profiled_ms[label], same_process_ms[label] = whole / 1e3, _median_ms(factories[label](), args.runs)
         print(f"timing {len(factories)} files, each in its own process (load {os.getloadavg()})", flush=True)
         ms = time_in_processes(factories, rounds=args.rounds)
     print(f"load after {os.getloadavg()}\n")
@@ -197,6 +228,8 @@ def main() -> None:
             us = [u for k, v in p.items() for u in v] if c == "sum of ops" else p.get(c, [])
             cells.append(f"{len(us)}, {sum(us) / 1e3:.2f}")
         print(f"| {c} | " + " | ".join(cells) + " |")
+    print("| whole run, profiled (ORT `model_run`, ExecuTorch `Method::execute`), ms | " + _cells(profiled_ms) + " |")
+    print("| whole run, not profiled, in the profiling process after it, ms | " + _cells(same_process_ms) + " |")
     print(
         "| whole file, not profiled, each in its own process (ms) | "
         + " | ".join(f"{ms[k]:.2f}" for k in profiles)

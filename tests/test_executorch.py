@@ -126,6 +126,10 @@ def test_xnnpack_runs_a_7x7_depthwise_conv_as_igemm_and_the_bands_as_depthwise_k
         kernels[rewrites] = sorted({n.rsplit(" #", 1)[0] for n in names if n.startswith("Convolution")})
     assert kernels[()] == ["Convolution (NHWC, F32) IGEMM"]
     assert kernels[("depthwise-bands",)] == ["Convolution (NHWC, F32) DWConv"]
+    # With envelopes: the method and the delegate call around the ops, which only ops are without.
+    timed = dict(op_times(path, x.numpy(), threads=1, runs=2, envelopes=True))
+    assert {"Method::execute", "DELEGATE_CALL"} <= timed.keys() and not {"Method::execute"} & set(names)
+    assert timed["Method::execute"] >= max(us for n, us in timed.items() if n.startswith("Convolution"))
 
 
 @needs_executorch

@@ -153,12 +153,18 @@ class ExecuTorchBackend:
             ) from None
 
 
-def op_times(path: Path, array: np.ndarray, threads: int, runs: int = 10) -> list[tuple[str, float]]:
+ENVELOPE_EVENTS = ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL")
+
+
+def op_times(
+    path: Path, array: np.ndarray, threads: int, runs: int = 10, envelopes: bool = False
+) -> list[tuple[str, float]]:
     """Median µs of each operator inside the XNNPACK delegate over `runs` calls, in execution order.
 
     For profiling, not serving: the program is loaded with ETDump on (the PyPI runtime records XNNPACK's own
     per-operator events, e.g. `Convolution (NHWC, F32) DWConv #3`); ops outside the delegate appear as
-    `native_call_<op>`. The first two calls are warm-up and not counted.
+    `native_call_<op>`. The first two calls are warm-up and not counted. `envelopes` adds the events that enclose
+    ops (ENVELOPE_EVENTS: the whole method, each delegate call), to account for time spent between ops.
     """
     import statistics
     import tempfile
@@ -178,11 +184,10 @@ def op_times(path: Path, array: np.ndarray, threads: int, runs: int = 10) -> lis
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Output Buffer not found": no tensors were asked for, only times
             blocks = Inspector(etdump_path=str(dump)).event_blocks
-    envelopes = ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL")
     return [
         (event.name, 1e3 * statistics.median(list(event.perf_data.raw)[2:]))
         for block in blocks
         if block.name == "Execute"
         for event in block.events
-        if event.perf_data is not None and event.name not in envelopes
+        if event.perf_data is not None and (envelopes or event.name not in ENVELOPE_EVENTS)
     ]
