@@ -49,12 +49,13 @@ def _bin(bundle: Path, name: str) -> np.ndarray:
 _naive_bilinear = naive_bilinear  # what many hand-written resizers and GPU samplers do: no antialiasing
 
 
-def _port_resize(rgb: np.ndarray, size: int, antialias: bool) -> np.ndarray:
-    """Short side to `size` (long side truncated, as torchvision does), bicubic, then a centre crop."""
+def _port_resize(rgb: np.ndarray, size: int, antialias: bool, interpolation: str) -> np.ndarray:
+    """Short side to `size` (long side truncated, as torchvision does), the manifest's filter, a centre crop."""
     h, w = rgb.shape[:2]
     new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
     if antialias:
-        resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC))
+        resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[interpolation]
+        resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), resample))
     else:
         resized = _naive_bilinear(rgb, new_h, new_w)
     top, left = round((new_h - size) / 2), round((new_w - size) / 2)
@@ -90,7 +91,7 @@ def write_port_dump(
     for i, image in enumerate(index["images"]):
         rgb = np.asarray(Image.open(bundle / GOLDEN_DIR / image["file"]).convert("RGB"))
         arrays[f"decode.{i}"] = rgb
-        resized.append(_port_resize(rgb, size, antialias))
+        resized.append(_port_resize(rgb, size, antialias, pre["interpolation"]))
     arrays["resize"] = np.stack(resized)
     pixels = (arrays["resize"].astype(np.float32) / 255 - np.float32(pre["mean"])) / np.float32(pre["std"])
     arrays["normalize"] = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
