@@ -9,7 +9,7 @@ lose accuracy in int8; XNNPACK's int8 depthwise kernel is slower than its fp32 o
 (pieces, latency, cosine): docs/mobile.md#module-rewrites.
 
 XNNPACK's depthwise kernels take at most 25 taps: a larger depthwise kernel (FastViT's 7x7) runs as a grouped
-IGEMM with one channel per group, 15-40x slower than ONNX Runtime's kernel for the same op (runs of the op-by-op
+IGEMM with one channel per group, 27-38x slower than ONNX Runtime's kernel for the same op (runs of the op-by-op
 profile, docs/mobile.md), so it is split.
 """
 

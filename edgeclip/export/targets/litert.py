@@ -47,7 +47,7 @@ LAYOUT = "NCHW"
 BATCH = 1
 ROLES = ("image", "text")
 # XNNPACK has no dynamic-int8 depthwise kernel: quantized, each depthwise conv leaves the delegate for TFLite's hybrid
-# kernel (S0 image: 45 pieces); kept float, the graph is one XNNPACK piece and 1.6x faster (docs/litert.md).
+# kernel (S0 image: 27 pieces); kept float, the graph is one XNNPACK piece: 27 against 45-48 ms (docs/litert.md).
 DYNAMIC_FLOAT_OPS = ("DEPTHWISE_CONV_2D",)
 DYNAMIC_RECIPE = "dynamic_wi8_afp32, " + ", ".join(DYNAMIC_FLOAT_OPS) + " kept float"
 # The module rewrites applied before conversion unless --no-rewrites.
