@@ -83,9 +83,16 @@ def ort_profile(
     return out, statistics.median(whole[2:] or whole)
 
 
-def executorch_profile(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[dict[str, list[float]], float]:
-    """XNNPACK's per-operator events (ETDump), median µs per op over `runs` calls grouped by class, and the median
-    µs of the whole method (`Method::execute`)."""
+def xnnpack_class(kind: str) -> str:
+    """The op class of an XNNPACK operator kind (its event name without the " #n")."""
+    return _XNNPACK_CLASSES.get(kind, "other (elementwise, layout, pad/slice, norm)")
+
+
+def executorch_profile(
+    path: Path, x: np.ndarray, threads: int, runs: int, group: Callable[[str], str] = xnnpack_class
+) -> tuple[dict[str, list[float]], float]:
+    """XNNPACK's per-operator events (ETDump), median µs per op over `runs` calls grouped by `group(kind)`, and the
+    median µs of the whole method (`Method::execute`)."""
     from edgeclip.runtimes.backends.executorch import ENVELOPE_EVENTS, op_times
 
     out: dict[str, list[float]] = collections.defaultdict(list)
@@ -94,8 +101,7 @@ def executorch_profile(path: Path, x: np.ndarray, threads: int, runs: int) -> tu
         if name in ENVELOPE_EVENTS:
             whole = us if name == "Method::execute" else whole
             continue
-        kind = name.rsplit(" #", 1)[0]
-        out[_XNNPACK_CLASSES.get(kind, "other (elementwise, layout, pad/slice, norm)")].append(us)
+        out[group(name.rsplit(" #", 1)[0])].append(us)
     return out, whole
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -206,7 +207,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in table:
         delegated = "-" if r["delegated"] is None else f"{r['delegated']:.3f}"
-        gate = "-" if r["gate_mean"] != r["gate_mean"] else f"{r['gate_mean']:.5f}"  # NaN: no int8 gate (fp32)
+        gate = "-" if math.isnan(r["gate_mean"]) else f"{r['gate_mean']:.5f}"  # NaN: no int8 gate (fp32)
         print(
             f"| {r['row']} | {r['encoder']} | {r['MB']:.1f} | {r['min_cos']:.6f} | {r['mean_cos']:.6f} | "
             f"{gate} | {r['pieces'] if r['pieces'] is not None else '-'} | {delegated} | "

@@ -12,10 +12,15 @@ Results: docs/mobile.md ("The text encoder's ceiling").
 from __future__ import annotations
 
 import argparse
-import collections
 from pathlib import Path
 
 import numpy as np
+
+
+def _print_largest(groups: dict[str, list[float]], top: int) -> None:
+    """The `top` groups of ops by summed time: ms, how many ops, name."""
+    for name, us in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        print(f"  {sum(us) / 1e3:7.2f} ms  x{len(us):<4} {name}")
 
 
 def main() -> None:
@@ -26,10 +31,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10, help="op kinds to list per file")
     args = parser.parse_args()
 
-    from benchmarks.mobile_ops import ort_profile
+    from benchmarks.mobile_ops import executorch_profile, ort_profile
     from benchmarks.mobile_runtimes import cpu_facts
     from edgeclip.runtimes import load_bundle
-    from edgeclip.runtimes.backends.executorch import ENVELOPE_EVENTS, op_times
 
     print(f"text encoders in {args.out}, batch 1, {args.threads} threads; {cpu_facts()}")
     onnx = load_bundle(args.out / "onnx-fp32.edgeclip")
@@ -38,29 +42,21 @@ def main() -> None:
         onnx.path / onnx.manifest.encoders["text"].file, {"token_ids": ids}, args.threads, args.runs
     )
     print(f"\nONNX Runtime fp32: whole run {whole / 1e3:.2f} ms (profiled)")
-    for name, us in sorted(classes.items(), key=lambda kv: -sum(kv[1])):
-        print(f"  {sum(us) / 1e3:7.2f} ms  x{len(us):<4} {name}")
+    _print_largest(classes, len(classes))
     for label in ("executorch-fp32", "executorch-int8"):
         bundle = args.out / f"{label}.edgeclip"
         if not bundle.exists():
             print(f"\n{label}: no bundle in {args.out}")
             continue
         spec = load_bundle(bundle).manifest.encoders["text"]
-        kinds: dict[str, list[float]] = collections.defaultdict(list)
-        whole = 0.0
-        for name, us in op_times(bundle / spec.file, ids, args.threads, args.runs, envelopes=True):
-            if name == "Method::execute":
-                whole = us
-            if name not in ENVELOPE_EVENTS:
-                kinds[name.rsplit(" #", 1)[0]].append(us)
+        kinds, whole = executorch_profile(bundle / spec.file, ids, args.threads, args.runs, group=str)
         gemm = sum(sum(v) for k, v in kinds.items() if k.startswith("Fully Connected"))
         rest = sum(sum(v) for v in kinds.values()) - gemm
         print(
             f"\n{label}: whole run {whole / 1e3:.2f} ms (profiled); "
             f"linear layers {gemm / 1e3:.2f} ms, the rest {rest / 1e3:.2f} ms"
         )
-        for name, us in sorted(kinds.items(), key=lambda kv: -sum(kv[1]))[: args.top]:
-            print(f"  {sum(us) / 1e3:7.2f} ms  x{len(us):<4} {name}")
+        _print_largest(kinds, args.top)
 
 
 if __name__ == "__main__":
